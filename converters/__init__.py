@@ -1,0 +1,1 @@
+"""edgevit.converters (installed from the top-level `converters/` folder)."""

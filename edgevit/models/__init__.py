@@ -1,0 +1,11 @@
+"""Reference implementations of TNT, T2T-ViT, NesT and CrossViT, export-clean, loading upstream weights."""
+from .checkpoint import KeyLayout, LoadReport, load_checkpoint, map_state_dict, read_state_dict
+from .factory import build_model, create_model
+from .layers import LayerNorm, layer_norm_form, set_layer_norm_form
+from .registry import PretrainedCfg, Variant, families, get_variant, list_models, resolve_name
+
+__all__ = [
+    "KeyLayout", "LayerNorm", "LoadReport", "PretrainedCfg", "Variant", "build_model", "create_model", "families",
+    "get_variant", "layer_norm_form", "list_models", "load_checkpoint", "map_state_dict", "read_state_dict", "resolve_name",
+    "set_layer_norm_form",
+]

@@ -1,0 +1,261 @@
+"""Building blocks shared by the four families, written so that a strict `torch.export` gives a graph every
+edge backend takes: no im2col/gather, no bicubic resize, attention as 3-D `bmm`, tensors of rank <= 4.
+
+Each export-friendly rewrite here is exact to the op it replaces (tests/models/test_layers.py checks it).
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LAYER_NORM_FORMS = ("native", "matmul")
+
+
+class LayerNorm(nn.LayerNorm):
+    """`nn.LayerNorm` (same parameter names) that can compute its statistics as matmuls.
+
+    ExecuTorch's XNNPACK backend has no LayerNorm kernel, so every `native_layer_norm` breaks the graph into
+    a new partition. With `form = "matmul"` the means come from a matmul with a constant averaging vector,
+    which XNNPACK runs as a GEMM, and the whole model stays in one partition. Other backends (Core ML, ONNX)
+    have a native LayerNorm and keep `form = "native"`. The export path chooses; see `layer_norm_form`.
+    """
+
+    form: str = "native"
+
+    def __init__(self, normalized_shape: int, eps: float = 1e-5, **kwargs) -> None:
+        super().__init__(normalized_shape, eps=eps, **kwargs)
+        width = self.normalized_shape[-1]
+        self.register_buffer("averaging", torch.full((width, 1), 1.0 / width), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.form == "native":
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        centred = x - torch.matmul(x, self.averaging)
+        variance = torch.matmul(centred * centred, self.averaging)
+        y = centred * torch.rsqrt(variance + self.eps)
+        if self.weight is not None:
+            y = y * self.weight + self.bias
+        return y
+
+
+def set_layer_norm_form(model: nn.Module, form: str) -> None:
+    if form not in LAYER_NORM_FORMS:
+        raise ValueError(f"layer norm form must be one of {LAYER_NORM_FORMS}, not {form!r}")
+    for module in model.modules():
+        if isinstance(module, LayerNorm):
+            module.form = form
+
+
+@contextmanager
+def layer_norm_form(model: nn.Module, form: str) -> Iterator[nn.Module]:
+    """Temporarily switch every edgevit LayerNorm in `model` to `form` ("native" or "matmul")."""
+    previous = [(m, m.form) for m in model.modules() if isinstance(m, LayerNorm)]
+    set_layer_norm_form(model, form)
+    try:
+        yield model
+    finally:
+        for module, old in previous:
+            module.form = old
+
+
+class Mlp(nn.Module):
+    """timm's Mlp: fc1 -> GELU -> fc2 (parameter names as timm's, so checkpoints map one to one)."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None,
+                 act_layer: type[nn.Module] = nn.GELU, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden_features, out_features or in_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth for training; the identity in eval mode (and so in every export)."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
+    return [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, N, C) -> (B*H, N, C/H): heads folded into the batch so attention is a 3-D bmm."""
+    batch, tokens, channels = x.shape
+    return x.reshape(batch, tokens, num_heads, channels // num_heads).permute(0, 2, 1, 3).reshape(
+        batch * num_heads, tokens, channels // num_heads)
+
+
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: float,
+                         head_minor: bool = False) -> torch.Tensor:
+    """softmax(q kᵀ · scale) v over heads, for q (B, Nq, C) and k, v (B, Nk, C) -> (B, Nq, Cv).
+
+    Written with 3-D `bmm` and explicit softmax: a 4-D `q @ k.transpose` lowers to `expand_copy` + `bmm`,
+    and XNNPACK does not delegate `expand_copy`; SDPA decomposes into ops it does not delegate either.
+    `head_minor` orders the output channels `d * H + h` (timm's NesT does this; its proj weights expect it).
+    """
+    batch, q_tokens, _ = q.shape
+    value_channels = v.shape[-1]
+    q = split_heads(q * scale, num_heads)
+    k = split_heads(k, num_heads)
+    v = split_heads(v, num_heads)
+    attn = torch.softmax(torch.bmm(q, k.transpose(1, 2)), dim=-1)
+    out = torch.bmm(attn, v).reshape(batch, num_heads, q_tokens, value_channels // num_heads)
+    out = out.permute(0, 2, 3, 1) if head_minor else out.permute(0, 2, 1, 3)
+    return out.reshape(batch, q_tokens, value_channels)
+
+
+class Attention(nn.Module):
+    """ViT self-attention with timm's parameter names (`qkv`, `proj`)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, head_minor: bool = False,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.head_minor = head_minor
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dim = x.shape[-1]
+        qkv = self.qkv(x)
+        # slices of the last dim, not unbind/split: XNNPACK delegates slice_copy, not squeeze/split copies
+        q, k, v = qkv[..., :dim], qkv[..., dim:2 * dim], qkv[..., 2 * dim:]
+        out = multi_head_attention(q, k, v, self.num_heads, self.scale, self.head_minor)
+        return self.proj_drop(self.proj(out))
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block (timm's `Block` names: norm1, attn, norm2, mlp)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
+                 eps: float = 1e-5, drop_path: float = 0.0, head_minor: bool = False,
+                 act_layer: type[nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        self.norm1 = LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, head_minor=head_minor)
+        self.norm2 = LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def prepend_token(token: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """cat([token, x], dim=1); no `expand` at batch 1, which a static batch-1 export then never contains."""
+    if x.shape[0] != token.shape[0]:
+        token = token.expand(x.shape[0], -1, -1)
+    return torch.cat([token, x], dim=1)
+
+
+def first_token(x: torch.Tensor) -> torch.Tensor:
+    """x[:, 0] as a slice + reshape: `select` is not delegated by XNNPACK, a slice is."""
+    return x[:, :1].reshape(x.shape[0], x.shape[-1])
+
+
+class OneHotUnfold(nn.Module):
+    """`nn.Unfold(k, stride, padding)` as a grouped convolution with fixed one-hot kernels.
+
+    Output channel `c*k*k + i*k + j` copies input channel c at kernel offset (i, j), exactly the order of
+    `nn.Unfold`. A plain conv runs on every backend and NPU; im2col lowers to gathers that none delegate.
+    The kernels are a constant, not a parameter, so checkpoints and parameter counts are unchanged.
+    """
+
+    counts_macs = False  # structural: the published MAC counts have no unfold cost
+
+    def __init__(self, in_chans: int, kernel_size: int, stride: int, padding: int) -> None:
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        taps = kernel_size * kernel_size
+        weight = torch.eye(taps).reshape(taps, 1, kernel_size, kernel_size).repeat(in_chans, 1, 1, 1)
+        self.register_buffer("weight", weight, persistent=False)
+        self.in_chans = in_chans
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.conv2d(x, self.weight, stride=self.stride, padding=self.padding, groups=self.in_chans)
+        return out.flatten(2)
+
+
+def _cubic_weights(t: float, a: float = -0.75) -> list[float]:
+    def near(x: float) -> float:  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x: float) -> float:  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return [far(t + 1), near(t), near(1 - t), far(2 - t)]
+
+
+def bicubic_matrix(in_size: int, out_size: int) -> torch.Tensor:
+    """(out, in) matrix M with M @ v == PyTorch's bicubic resize of v (align_corners=False, no antialias)."""
+    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
+    scale = in_size / out_size
+    for i in range(out_size):
+        real = (i + 0.5) * scale - 0.5
+        left = math.floor(real)
+        for tap, weight in enumerate(_cubic_weights(real - left)):
+            matrix[i, min(max(left - 1 + tap, 0), in_size - 1)] += weight
+    return matrix.float()
+
+
+class SeparableResize(nn.Module):
+    """Bicubic resize of an NCHW image as two matmuls with constant interpolation matrices.
+
+    Bicubic interpolation is linear and separable, so `F.interpolate(x, size, mode="bicubic")` equals
+    `Mh @ x @ Mwᵀ`. TFLite has no bicubic op and several NPUs reject cubic Resize; matmuls run everywhere.
+    """
+
+    counts_macs = False
+
+    def __init__(self, in_size: tuple[int, int], out_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.in_size, self.out_size = tuple(in_size), tuple(out_size)
+        self.register_buffer("rows_t", bicubic_matrix(in_size[0], out_size[0]).t().contiguous(), persistent=False)
+        self.register_buffer("cols_t", bicubic_matrix(in_size[1], out_size[1]).t().contiguous(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.matmul(x, self.cols_t)  # resize W: (B, C, H, W')
+        x = torch.matmul(x.transpose(2, 3), self.rows_t)  # resize H: (B, C, W', H')
+        return x.transpose(2, 3)
+
+
+def resample_abs_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int],
+                           num_prefix_tokens: int = 1, old_grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """Resize a (1, prefix + H*W, C) position embedding to a new token grid (bicubic, as timm does)."""
+    if old_grid is None:
+        side = int(math.sqrt(pos_embed.shape[1] - num_prefix_tokens))
+        old_grid = (side, side)
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    channels = grid.shape[-1]
+    grid = grid.reshape(1, old_grid[0], old_grid[1], channels).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], channels).to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def to_2tuple(x) -> tuple:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x, x)

@@ -1,0 +1,1 @@
+"""edgevit.quantization (installed from the top-level `quantization/` folder)."""
