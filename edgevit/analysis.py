@@ -5,6 +5,7 @@ violation (forbidden op, tensor of rank > 5, eager/exported mismatch) so a test 
 """
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -28,8 +29,11 @@ def count_params(model: nn.Module) -> dict[str, int]:
 
 def example_input(model: nn.Module, batch: int = 1, seed: int = 0) -> torch.Tensor:
     channels, height, width = model.pretrained_cfg["input_size"]
+    device = next(model.parameters()).device
+    if device.type == "meta":  # shape-only analysis (MACs of a full-size model without allocating it)
+        return torch.empty(batch, channels, height, width, device=device)
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, channels, height, width, generator=generator)
+    return torch.randn(batch, channels, height, width, generator=generator).to(device)
 
 
 def count_macs(model: nn.Module, x: torch.Tensor | None = None) -> int:
@@ -93,7 +97,7 @@ def op_census(program: torch.export.ExportedProgram) -> ExportReport:
             report.max_rank = max(report.max_rank, value.dim())
             if value.dim() > MAX_RANK:
                 report.high_rank.append(f"{node.name} {tuple(value.shape)}")
-        if node.op != "call_function":
+        if node.op != "call_function" or node.target is operator.getitem:
             continue
         name = str(node.target).replace("aten.", "")
         if "higher_order" in name or name.startswith(("cond", "while_loop", "map")):
@@ -118,3 +122,25 @@ def check_export_clean(model: nn.Module, x: torch.Tensor | None = None,
         exported = program.module()(x)
     report.max_abs_diff = float((eager - exported).abs().max())
     return report
+
+
+def describe(model: nn.Module, export: bool = True, layer_norm: str = "native") -> dict:
+    """Everything `edgevit info` shows: config, preprocessing, parameters, MACs and the export census."""
+    from .models.registry import get_variant
+
+    variant = get_variant(model.variant) if model.variant else None
+    info = {
+        "variant": model.variant,
+        "family": model.family,
+        "description": variant.description if variant else "",
+        "aliases": list(variant.aliases) if variant else [],
+        "arch": dict(getattr(model, "arch", {})),
+        "pretrained_cfg": dict(model.pretrained_cfg),
+        "weights": getattr(model, "weights_source", "random init"),
+        "params": count_params(model),
+        "macs": count_macs(model),
+        "reported": vars(variant.reported) if variant else {},
+    }
+    if export:
+        info["export"] = {"layer_norm": layer_norm, **check_export_clean(model, layer_norm=layer_norm).to_dict()}
+    return info

@@ -15,6 +15,7 @@ def build_model(name: str, img_size: int | None = None, num_classes: int | None 
     variant = variant_with(get_variant(name), img_size=img_size, num_classes=num_classes, in_chans=in_chans)
     model = get_family(variant.family).model_cls(**variant.arch)
     model.variant = variant.name
+    model.arch = dict(variant.arch)
     model.pretrained_cfg = variant.cfg.to_dict()
     model.default_cfg = model.pretrained_cfg  # timm's older name for the same dict
     model.weights_source = "random init"

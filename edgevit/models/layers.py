@@ -35,12 +35,17 @@ class LayerNorm(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.form == "native":
             return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        centred = x - torch.matmul(x, self.averaging)
-        variance = torch.matmul(centred * centred, self.averaging)
-        y = centred * torch.rsqrt(variance + self.eps)
+        centred = x - self._mean(x)
+        y = centred * torch.rsqrt(self._mean(centred * centred) + self.eps)
         if self.weight is not None:
             y = y * self.weight + self.bias
         return y
+
+
+    def _mean(self, x: torch.Tensor) -> torch.Tensor:
+        # an explicit 2-D mm: `torch.matmul` on 3-D/4-D input may lower to expand + bmm, which XNNPACK splits
+        width = x.shape[-1]
+        return torch.mm(x.reshape(-1, width), self.averaging).reshape(x.shape[:-1] + (1,))
 
 
 def set_layer_norm_form(model: nn.Module, form: str) -> None:
