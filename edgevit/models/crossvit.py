@@ -152,10 +152,10 @@ class PatchEmbed(nn.Module):
                 nn.Conv2d(embed_dim // 4, embed_dim // 2, kernel_size=3, stride=2, padding=1), nn.ReLU(),
                 nn.Conv2d(embed_dim // 2, embed_dim, kernel_size=3, stride=2, padding=1))
         else:
-            raise EdgevitError(f"the CrossViT multi-conv (†) stem exists for patch sizes 12 and 16, not {patch_size}; "
-                               "use multi_conv=False or patch_size=(12, 16).")
+            raise EdgevitError(f"the CrossViT multi-conv (†) stem exists for patch sizes 12 and 16, not "
+                               f"{patch_size}; use multi_conv=False or patch_size=(12, 16).")
         # The token grid the stem really produces. timm sizes pos_embed as img_size // patch, which the † stem
-        # only matches at sizes divisible by the patch; at those sizes both agree.
+        # does not always give (268 px: 17 tokens a side, not 16); the two agree at every multiple of the patch.
         side = img_size
         for conv in self.proj.modules():
             if isinstance(conv, nn.Conv2d):
@@ -256,9 +256,10 @@ class CrossVit(EdgeModel):
         if not len(img_scale) == len(embed_dim) == len(num_heads) == branches:
             raise EdgevitError(f"img_scale, patch_size, embed_dim and num_heads need one entry per branch; got "
                                f"{len(img_scale)}, {branches}, {len(embed_dim)} and {len(num_heads)}.")
-        if any(len(stage) != branches + 1 or stage[-1] != 0 for stage in depth):
-            raise EdgevitError(f"each depth entry must be (blocks per branch ..., 0); got {depth}. Only fusion "
-                               "depth 0 (a cross-attention without MLP, as in every published CrossViT) is built.")
+        if any(len(stage) != branches + 1 or stage[-1] != 0 or max(stage[:-1]) < 1 for stage in depth):
+            raise EdgevitError(f"each depth entry must be (blocks per branch ..., 0) with at least one block; got "
+                               f"{depth}. Only fusion depth 0 (a cross-attention without MLP, as in every published "
+                               "CrossViT) is built.")
         self.num_branches = branches
         self.embed_dim = tuple(embed_dim)
         self.num_features = sum(embed_dim)

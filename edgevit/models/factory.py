@@ -33,9 +33,9 @@ def create_model(name: str, pretrained: bool = False, weights: str | os.PathLike
     classifier is re-initialised; with another `img_size`, position embeddings are resized. Both are reported
     in `model.load_report.messages`.
     """
-    model = build_model(name, img_size=img_size, num_classes=num_classes, in_chans=in_chans)
-    if pretrained and weights is None:
+    if pretrained and weights is None:  # before building: an offline failure should be instant
         weights = fetch_pretrained(get_variant(name))
+    model = build_model(name, img_size=img_size, num_classes=num_classes, in_chans=in_chans)
     if weights is not None:
         model.load_report = load_checkpoint(model, weights, reset_head=num_classes is not None)
         model.weights_source = str(weights)

@@ -215,14 +215,14 @@ def _cubic_weights(t: float, a: float = -0.75) -> list[float]:
 
 def bicubic_matrix(in_size: int, out_size: int) -> torch.Tensor:
     """(out, in) matrix M with M @ v == PyTorch's bicubic resize of v (align_corners=False, no antialias)."""
-    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
+    rows = [[0.0] * in_size for _ in range(out_size)]  # built in Python: cheap also under a meta device
     scale = in_size / out_size
     for i in range(out_size):
         real = (i + 0.5) * scale - 0.5
         left = math.floor(real)
         for tap, weight in enumerate(_cubic_weights(real - left)):
-            matrix[i, min(max(left - 1 + tap, 0), in_size - 1)] += weight
-    return matrix.float()
+            rows[i][min(max(left - 1 + tap, 0), in_size - 1)] += weight
+    return torch.tensor(rows, dtype=torch.float32)
 
 
 class SeparableResize(nn.Module):
