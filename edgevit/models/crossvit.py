@@ -5,8 +5,7 @@ checkpoints differ only in `pos_embed.0` / `cls_token.0` (an `nn.ParameterList`)
 
 Export-friendly changes from the reference, each exact:
 - the large branch's bicubic input resize (240 -> 224, 408 -> 384) is a `SeparableResize`, two matmuls with
-  constant bicubic matrices, instead of `F.interpolate(mode="bicubic")`, which TFLite and several NPUs lack
-  (`KernelBicubicResize`: the matrices are PyTorch's own kernel weights, so the rewrite stays within 1e-6);
+  constant bicubic matrices, instead of `F.interpolate(mode="bicubic")`, which TFLite and several NPUs lack;
 - cross-attention runs as 3-D `bmm`s (`multi_head_attention`), and token reads are slices, not `select`s;
 - the final LayerNorm is applied to the cls tokens only: it acts per token and the head reads nothing else.
 
@@ -18,7 +17,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import EdgevitError
@@ -98,40 +96,6 @@ VARIANTS = {
         reported=Reported(params_m=44.607, gmacs=32.409, top1=84.198, top5=96.834),
         description="CrossViT-18† fine-tuned at 408 + 384 inputs"),
 }
-
-
-def kernel_bicubic_matrix(in_size: int, out_size: int) -> torch.Tensor:
-    """(out, in) matrix of PyTorch's own bicubic kernel (align_corners=False): the resize of each one-hot column.
-
-    `layers.bicubic_matrix` computes the source coordinates in float64, while PyTorch's kernel rounds them in
-    float32; at 240 -> 224 the weights then differ by up to 2e-5 and the resized image by up to 1e-4. Reading
-    the weights back from the kernel keeps the matmul form within 1e-6 of `F.interpolate`, and so of timm.
-    """
-    basis = torch.eye(in_size).reshape(in_size, 1, in_size, 1)
-    resized = F.interpolate(basis, size=(out_size, 1), mode="bicubic", align_corners=False)
-    return resized.reshape(in_size, out_size).t()
-
-
-class KernelBicubicResize(SeparableResize):
-    """`SeparableResize` with the matrices of `kernel_bicubic_matrix`, computed as 2-D `mm`s.
-
-    `SeparableResize` multiplies a transposed 4-D tensor, which `torch.export` lowers to `expand` + `bmm`;
-    XNNPACK does not delegate `expand_copy`. Folding batch, channels and the untouched axis into the rows
-    leaves two plain GEMMs and a transpose.
-    """
-
-    def __init__(self, in_size: tuple[int, int], out_size: tuple[int, int]) -> None:
-        super().__init__(in_size, out_size)
-        self.rows_t = kernel_bicubic_matrix(in_size[0], out_size[0]).t().contiguous()
-        self.cols_t = kernel_bicubic_matrix(in_size[1], out_size[1]).t().contiguous()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = x.shape
-        out_height, out_width = self.out_size
-        x = torch.mm(x.reshape(batch * channels * height, width), self.cols_t)  # resize W
-        x = x.reshape(batch * channels, height, out_width).transpose(1, 2).reshape(-1, height)
-        x = torch.mm(x, self.rows_t)  # resize H: (B*C*W', H')
-        return x.reshape(batch, channels, out_width, out_height).transpose(2, 3)
 
 
 class PatchEmbed(nn.Module):
@@ -274,7 +238,7 @@ class CrossVit(EdgeModel):
             self.register_parameter(f"pos_embed_{i}", nn.Parameter(torch.zeros(1, 1 + embed.num_patches, dim)))
             self.register_parameter(f"cls_token_{i}", nn.Parameter(torch.zeros(1, 1, dim)))
         self.resize = nn.ModuleList(
-            KernelBicubicResize((img_size, img_size), (size, size)) if size != img_size else nn.Identity()
+            SeparableResize((img_size, img_size), (size, size)) if size != img_size else nn.Identity()
             for size in self.img_size_scaled)
 
         # stochastic depth over the large-branch depth, as timm schedules it

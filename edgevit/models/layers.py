@@ -203,26 +203,15 @@ class OneHotUnfold(nn.Module):
         return out.flatten(2)
 
 
-def _cubic_weights(t: float, a: float = -0.75) -> list[float]:
-    def near(x: float) -> float:  # |x| <= 1
-        return ((a + 2) * x - (a + 3)) * x * x + 1
-
-    def far(x: float) -> float:  # 1 < |x| < 2
-        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-
-    return [far(t + 1), near(t), near(1 - t), far(2 - t)]
-
-
 def bicubic_matrix(in_size: int, out_size: int) -> torch.Tensor:
-    """(out, in) matrix M with M @ v == PyTorch's bicubic resize of v (align_corners=False, no antialias)."""
-    rows = [[0.0] * in_size for _ in range(out_size)]  # built in Python: cheap also under a meta device
-    scale = in_size / out_size
-    for i in range(out_size):
-        real = (i + 0.5) * scale - 0.5
-        left = math.floor(real)
-        for tap, weight in enumerate(_cubic_weights(real - left)):
-            rows[i][min(max(left - 1 + tap, 0), in_size - 1)] += weight
-    return torch.tensor(rows, dtype=torch.float32)
+    """(out, in) matrix M with M @ v == PyTorch's bicubic resize of v (align_corners=False, no antialias).
+
+    Read back from PyTorch's own kernel (the resize of each one-hot vector) rather than re-derived: the kernel
+    rounds source coordinates in float32, and a float64 re-derivation differs by up to 1e-4 at 240 -> 224.
+    """
+    basis = torch.eye(in_size).reshape(in_size, 1, in_size, 1)
+    resized = F.interpolate(basis, size=(out_size, 1), mode="bicubic", align_corners=False)
+    return resized.reshape(in_size, out_size).t()
 
 
 class SeparableResize(nn.Module):
@@ -230,6 +219,7 @@ class SeparableResize(nn.Module):
 
     Bicubic interpolation is linear and separable, so `F.interpolate(x, size, mode="bicubic")` equals
     `Mh @ x @ Mwᵀ`. TFLite has no bicubic op and several NPUs reject cubic Resize; matmuls run everywhere.
+    Both products are 2-D `mm`s (a 4-D matmul lowers to `expand` + `bmm`, and XNNPACK rejects `expand_copy`).
     """
 
     counts_macs = False
@@ -241,9 +231,12 @@ class SeparableResize(nn.Module):
         self.register_buffer("cols_t", bicubic_matrix(in_size[1], out_size[1]).t().contiguous(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.matmul(x, self.cols_t)  # resize W: (B, C, H, W')
-        x = torch.matmul(x.transpose(2, 3), self.rows_t)  # resize H: (B, C, W', H')
-        return x.transpose(2, 3)
+        batch, channels, height, width = x.shape
+        out_height, out_width = self.out_size
+        x = torch.mm(x.reshape(batch * channels * height, width), self.cols_t)  # resize W
+        x = x.reshape(batch * channels, height, out_width).transpose(1, 2).reshape(-1, height)
+        x = torch.mm(x, self.rows_t)  # resize H: (B*C*W', H')
+        return x.reshape(batch, channels, out_width, out_height).transpose(2, 3)
 
 
 def resample_abs_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int],

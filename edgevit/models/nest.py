@@ -302,8 +302,9 @@ def resize_pos_embed(state_dict: StateDict, model: Nest) -> tuple[StateDict, lis
                                          old_grid=(old_side, old_side)) for t in range(source.shape[1])]
         state_dict[key] = torch.stack(blocks, dim=1)
         count = source.shape[1]
+        blocks_text = f"{count} block{'s' * (count > 1)}"
         messages.append(f"resized {key} from {count * old_side ** 2} to {count * new_side ** 2} tokens "
-                        f"({count} blocks, each {old_side}x{old_side} -> {new_side}x{new_side}, bicubic)")
+                        f"({blocks_text}, each {old_side}x{old_side} -> {new_side}x{new_side}, bicubic)")
     return state_dict, messages
 
 

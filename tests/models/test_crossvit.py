@@ -9,7 +9,8 @@ from safetensors.torch import save_file
 import edgevit
 from edgevit.analysis import check_export_clean
 from edgevit.models import build_model, map_state_dict, read_state_dict, resolve_name
-from edgevit.models.crossvit import CrossAttention, CrossVit, KernelBicubicResize
+from edgevit.models.crossvit import CrossAttention, CrossVit
+from edgevit.models.layers import SeparableResize
 from helpers import FIXTURES, assert_close, load_fixture, upstream_keys
 
 FIXTURE_NAMES = ("crossvit_tiny_timm", "crossvit_dagger_tiny_timm")
@@ -78,7 +79,7 @@ def test_separable_resize_equals_bicubic_interpolate(sizes):
     source, target = sizes
     x = torch.randn(2, 3, *source, generator=torch.Generator().manual_seed(0))
     expected = F.interpolate(x, size=target, mode="bicubic", align_corners=False)
-    assert (KernelBicubicResize(source, target)(x) - expected).abs().max() < 1e-5
+    assert (SeparableResize(source, target)(x) - expected).abs().max() < 1e-5
 
 
 def test_cross_attention_equals_timm_formula():

@@ -1,0 +1,56 @@
+"""Each export-friendly rewrite in layers.py equals the op it replaces."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgevit.models.layers import (LayerNorm, OneHotUnfold, SeparableResize, layer_norm_form,
+                                   multi_head_attention, resample_abs_pos_embed)
+
+
+@pytest.mark.parametrize("shape", [(2, 17, 64), (2, 4, 16, 32), (3, 147)])
+def test_matmul_layer_norm_equals_native(shape):
+    torch.manual_seed(0)
+    norm = LayerNorm(shape[-1], eps=1e-6)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    x = torch.randn(shape) * 3 + 1
+    reference = F.layer_norm(x, (shape[-1],), norm.weight, norm.bias, 1e-6)
+    with layer_norm_form(norm, "matmul"):
+        assert (norm(x) - reference).abs().max() < 1e-5
+    assert norm.form == "native"  # restored
+    assert "averaging" not in norm.state_dict()  # checkpoints keep nn.LayerNorm's keys
+
+
+@pytest.mark.parametrize("channels,size,kernel,stride,padding", [
+    (3, 224, 7, 4, 2), (64, 56, 3, 2, 1), (64, 28, 3, 2, 1), (3, 32, 7, 4, 2)])
+def test_one_hot_unfold_equals_nn_unfold(channels, size, kernel, stride, padding):
+    x = torch.randn(1, channels, size, size)
+    reference = F.unfold(x, kernel, stride=stride, padding=padding)
+    assert (OneHotUnfold(channels, kernel, stride, padding)(x) - reference).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("source,target", [(240, 224), (408, 384), (64, 56), (72, 64), (32, 48)])
+def test_separable_resize_equals_bicubic_interpolate(source, target):
+    x = torch.randn(2, 3, source, source)
+    reference = F.interpolate(x, size=(target, target), mode="bicubic", align_corners=False)
+    assert (SeparableResize((source, source), (target, target))(x) - reference).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("head_minor", [False, True])
+def test_multi_head_attention_equals_reference(head_minor):
+    batch, tokens, channels, heads = 2, 10, 24, 4
+    q, k, v = (torch.randn(batch, tokens, channels) for _ in range(3))
+    split = lambda t: t.reshape(batch, tokens, heads, channels // heads).transpose(1, 2)  # noqa: E731
+    scale = (channels // heads) ** -0.5
+    reference = torch.softmax(split(q) @ split(k).transpose(-1, -2) * scale, -1) @ split(v)  # (B, H, N, hd)
+    order = (0, 2, 3, 1) if head_minor else (0, 2, 1, 3)
+    reference = reference.permute(*order).reshape(batch, tokens, channels)
+    assert (multi_head_attention(q, k, v, heads, scale, head_minor) - reference).abs().max() < 1e-5
+
+
+def test_pos_embed_resample_keeps_prefix_and_grid_values():
+    pos = torch.randn(1, 1 + 14 * 14, 8)
+    resized = resample_abs_pos_embed(pos, (20, 20))
+    assert resized.shape == (1, 401, 8) and torch.equal(resized[:, :1], pos[:, :1])
+    assert resample_abs_pos_embed(pos, (14, 14)) is pos
