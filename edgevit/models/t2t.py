@@ -303,13 +303,14 @@ def resize_pos_embed(state_dict: StateDict, model: T2TViT) -> tuple[StateDict, l
     if source is None or source.shape == target.shape or source.ndim != 3 or source.shape[-1] != target.shape[-1]:
         return state_dict, []
     old_tokens, new_tokens, dim = source.shape[1], target.shape[1], target.shape[-1]
-    is_sinusoid = source.is_meta or torch.allclose(source.float(), sinusoid_table(old_tokens, dim), atol=1e-5)
+    is_sinusoid = source.is_meta or torch.allclose(
+        source.float(), sinusoid_table(old_tokens, dim).to(source.device), atol=1e-5)
     if is_sinusoid:
         state_dict["pos_embed"] = sinusoid_table(new_tokens, dim).to(device=source.device, dtype=source.dtype)
         how = "regenerated the fixed sinusoidal table for the new size, which is exact"
     else:
-        side = model.tokens_to_token.num_patches ** 0.5
-        state_dict["pos_embed"] = resample_abs_pos_embed(source, (int(side), int(side)), num_prefix_tokens=1)
+        side = math.isqrt(model.tokens_to_token.num_patches)
+        state_dict["pos_embed"] = resample_abs_pos_embed(source, (side, side), num_prefix_tokens=1)
         how = "interpolated bicubically, as the table is not the standard sinusoid"
     return state_dict, [f"resized pos_embed from {old_tokens} to {new_tokens} tokens: {how}"]
 
