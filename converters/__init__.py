@@ -1,1 +1,49 @@
-"""edgevit.converters (installed from the top-level `converters/` folder)."""
+"""edgevit.converters: one module per target, each with the same small interface.
+
+Every target module (`executorch`, `coreml`, `tflite`, `onnx`) exposes:
+
+- `NAME`, `ARTIFACT` (file or directory name inside a bundle), `PRECISIONS`, `LAYER_NORM` (the LayerNorm form
+  its backend runs best: "matmul" for XNNPACK, "native" where the backend has a LayerNorm op),
+  `RUNS_HERE` (whether this machine has the runtime);
+- `convert(model, example, artifact, precision="fp32", **options) -> dict`: write the artifact, return a report
+  (inputs, outputs, op census, delegation);
+- `run(artifact, images) -> np.ndarray`: run the artifact in its own runtime on NCHW float images, batch by batch;
+- `inspect(artifact) -> dict`: what the artifact contains, without running it;
+- `toolchain_versions() -> dict`.
+
+Modules are imported on first use, so a missing toolchain only breaks its own target.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from ..errors import EdgevitError
+
+TARGETS = ("executorch", "coreml", "tflite", "onnx")
+_EXTRAS = {"executorch": "executorch", "coreml": "coreml", "tflite": "tflite", "onnx": "onnx"}
+
+
+def _check_name(name: str) -> None:
+    if name not in TARGETS:
+        raise EdgevitError(f"unknown target '{name}'; choose one of: {', '.join(TARGETS)} (or 'all')")
+
+
+def get_target(name: str) -> ModuleType:
+    """The converter module of a target, with a clear error if the name or its toolchain is missing."""
+    _check_name(name)
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ImportError as exc:
+        raise EdgevitError(f"the {name} target needs its toolchain, which failed to import ({exc}). "
+                           f"Install it with: pip install 'edgevit[{_EXTRAS[name]}]'") from None
+
+
+def resolve_targets(names: str | list[str]) -> list[str]:
+    """Target names from user input ('all' expands to every target), validated."""
+    requested = [names] if isinstance(names, str) else list(names)
+    if "all" in requested:
+        return list(TARGETS)
+    for name in requested:
+        _check_name(name)
+    return list(dict.fromkeys(requested))

@@ -29,7 +29,7 @@ def _cfg(**kwargs) -> PretrainedCfg:
 VARIANTS = {
     "tnt_ti": dict(
         arch=dict(embed_dim=192, inner_dim=12, depth=12, num_heads_outer=3, num_heads_inner=2),
-        cfg=_cfg(source="no published weights (paper configuration; not in the official repo or timm)"),
+        cfg=_cfg(source="none: the paper configuration; neither the official repo nor timm publish weights"),
         aliases=("tnt_ti_patch16_224",),
         reported=Reported(params_m=6.08, gmacs=1.40, top1=73.9),
         description="TNT-Ti, the paper's tiny configuration (D=192, c=12)"),

@@ -1,0 +1,99 @@
+"""ONNX target: `torch.onnx.export(dynamo=True)`, opset >= 18, simplified with onnxsim, run with ONNX Runtime.
+
+The artifact is what a Jetson user feeds to TensorRT (`trtexec --onnx=model.onnx`): static batch-1 shapes,
+`LayerNormalization` as one op (opset >= 17), so TensorRT maps it to its normalization layer and keeps fp16
+stable. `inspect` lists the op census and the ops TensorRT's ONNX parser is known to reject or fall back on.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+NAME = "onnx"
+ARTIFACT = "model.onnx"
+PRECISIONS = ("fp32", "fp16")
+LAYER_NORM = "native"
+RUNS_HERE = True
+INPUT_NAME = "pixel_values"
+OUTPUT_NAME = "logits"
+DEFAULT_OPSET = 20
+# Ops that TensorRT's ONNX parser rejects, or that mark a graph the export-clean rewrites should have removed.
+TENSORRT_UNFRIENDLY = {"ScatterND": "in-place update; slow or unsupported", "NonZero": "data-dependent shape",
+                       "Loop": "control flow", "If": "control flow", "Einsum": "limited support",
+                       "Resize": "cubic resize needs TensorRT >= 8.6", "GatherND": "im2col-style gather"}
+
+
+def toolchain_versions() -> dict:
+    import onnx
+    import onnxruntime
+    import onnxscript
+    import onnxsim
+
+    return {"onnx": onnx.__version__, "onnxscript": onnxscript.__version__, "onnxsim": onnxsim.__version__,
+            "onnxruntime": onnxruntime.__version__}
+
+
+def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: str = "fp32",
+            opset: int = DEFAULT_OPSET, simplify: bool = True) -> dict:
+    import onnx
+
+    if opset < 18:
+        from ..errors import EdgevitError
+        raise EdgevitError(f"opset {opset} is too old: edgevit needs >= 18 (LayerNormalization for TensorRT fp16)")
+    with torch.no_grad():
+        program = torch.onnx.export(model.eval(), (example,), dynamo=True, input_names=[INPUT_NAME],
+                                    output_names=[OUTPUT_NAME], opset_version=opset, verbose=False)
+    graph = program.model_proto
+    if simplify:
+        import onnxsim
+        simplified, ok = onnxsim.simplify(graph)
+        if ok:
+            graph = simplified
+    if precision == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+        # float I/O keeps the app code unchanged; LayerNormalization statistics stay fp32 inside the op
+        graph = convert_float_to_float16(graph, keep_io_types=True)
+    onnx.save(graph, str(artifact))
+    return inspect(artifact)
+
+
+def _session(artifact: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(artifact), options, providers=["CPUExecutionProvider"])
+
+
+def run(artifact: Path, images: np.ndarray) -> np.ndarray:
+    session = _session(artifact)
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: image[None].astype(np.float32)})[0] for image in images])
+
+
+def inspect(artifact: Path) -> dict:
+    import onnx
+
+    graph = onnx.load(str(artifact), load_external_data=False)
+    ops = Counter(node.op_type for node in graph.graph.node)
+
+    def describe(values):
+        return [{"name": v.name, "shape": [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim],
+                 "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name} for v in values]
+
+    unfriendly = {op: reason for op, reason in TENSORRT_UNFRIENDLY.items() if op in ops}
+    return {
+        "opset": max((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), default=None),
+        "inputs": describe(graph.graph.input),
+        "outputs": describe(graph.graph.output),
+        "ops": dict(sorted(ops.items())),
+        "num_nodes": sum(ops.values()),
+        "tensorrt": {"unfriendly_ops": unfriendly,
+                     "verdict": "every op maps to a TensorRT layer" if not unfriendly else
+                     "TensorRT may reject or fall back on: " + ", ".join(unfriendly)},
+    }
