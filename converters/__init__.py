@@ -21,6 +21,11 @@ from types import ModuleType
 from ..errors import EdgevitError
 
 TARGETS = ("executorch", "coreml", "tflite", "onnx")
+
+
+class RuntimeUnavailable(EdgevitError):
+    """The artifact was built, but its runtime does not exist on this machine (Core ML off macOS)."""
+
 _EXTRAS = {"executorch": "executorch", "coreml": "coreml", "tflite": "tflite", "onnx": "onnx"}
 
 

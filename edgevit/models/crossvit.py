@@ -287,7 +287,7 @@ class CrossVit(EdgeModel):
             branch = head(x[:, start:start + dim])
             logits = branch if logits is None else logits + branch
             start += dim
-        return logits / self.num_branches
+        return logits * (1.0 / self.num_branches)  # a float scalar: an int one exports as a cast outside XNNPACK
 
 
 # --- checkpoint layouts ------------------------------------------------------------------------------------------

@@ -233,10 +233,12 @@ class SeparableResize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
         out_height, out_width = self.out_size
-        x = torch.mm(x.reshape(batch * channels * height, width), self.cols_t)  # resize W
-        x = x.reshape(batch * channels, height, out_width).transpose(1, 2).reshape(-1, height)
-        x = torch.mm(x, self.rows_t)  # resize H: (B*C*W', H')
-        return x.reshape(batch, channels, out_width, out_height).transpose(2, 3)
+        # H first, so the result needs no transpose at the end (a strided output costs a copy outside XNNPACK)
+        x = x.transpose(2, 3).reshape(batch * channels * width, height)
+        x = torch.mm(x, self.rows_t)  # resize H: (B*C*W, H')
+        x = x.reshape(batch * channels, width, out_height).transpose(1, 2).reshape(-1, width)
+        x = torch.mm(x, self.cols_t)  # resize W: (B*C*H', W')
+        return x.reshape(batch, channels, out_height, out_width)
 
 
 def resample_abs_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int],

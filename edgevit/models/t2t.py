@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import EdgevitError
@@ -107,6 +108,17 @@ def sinusoid_table(num_tokens: int, dim: int) -> torch.Tensor:
     return table.float().unsqueeze(0)
 
 
+def _as_float32(x: torch.Tensor) -> torch.Tensor:
+    # a cast only where one is needed: `.float()` on a float32 tensor still exports as a copy op
+    return x if x.dtype == torch.float32 else x.float()
+
+
+def sum_last_dim(x: torch.Tensor) -> torch.Tensor:
+    """x.sum(-1, keepdim=True) for (B, T, W), as the one reduction XNNPACK delegates: a 4-D mean over dims 2, 3."""
+    batch, tokens, width = x.shape
+    return x.reshape(1, batch * tokens, width, 1).mean(dim=(2, 3), keepdim=True).reshape(batch, tokens, 1) * float(width)
+
+
 class TokenPerformer(nn.Module):
     """The official `Token_performer`: single-head linear attention with positive random features.
 
@@ -132,9 +144,10 @@ class TokenPerformer(nn.Module):
     def prm_exp(self, x: torch.Tensor) -> torch.Tensor:
         """exp(w·x - |x|²/2) / sqrt(m), (B, T, emb) float32 -> (B, T, m) float32."""
         batch, tokens, width = x.shape
-        half_sq_norm = (x * x).sum(dim=-1, keepdim=True) / 2
-        # an explicit 2-D mm: a matmul of the (strided) k/q slice would export as expand + bmm
-        wtx = torch.mm(x.reshape(batch * tokens, width), self.w.float().t()).reshape(batch, tokens, self.m)
+        half_sq_norm = sum_last_dim(x * x) * 0.5  # float scalars throughout: an int one exports as a cast
+        # a 2-D linear with the constant w: a matmul of the (strided) k/q slice would export as expand + bmm, and
+        # an mm with a transposed parameter is not delegated by XNNPACK
+        wtx = F.linear(x.reshape(batch * tokens, width), _as_float32(self.w)).reshape(batch, tokens, self.m)
         return torch.exp(wtx - half_sq_norm) / math.sqrt(self.m)
 
     def single_attn(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,13 +155,14 @@ class TokenPerformer(nn.Module):
         emb = self.emb
         # split order is k, q, v (official); last-dim slices, which every backend delegates
         k, q, v = kqv[..., :emb], kqv[..., emb:2 * emb], kqv[..., 2 * emb:]
-        # float32 from here to the normalised output, whatever the model's dtype (no-ops in float32)
-        v32 = v.float()
-        kp, qp = self.prm_exp(k.float()), self.prm_exp(q.float())  # (B, T, m)
-        normaliser = torch.bmm(qp, kp.sum(dim=1, keepdim=True).transpose(1, 2))  # (B, T, 1)
+        # float32 from here to the normalised output, whatever the model's dtype: exp(w·x - |x|²/2) and the
+        # 1e-8 epsilon overflow or underflow in fp16 (T2T-ViT issues #65, #69)
+        v32 = _as_float32(v)
+        kp, qp = self.prm_exp(_as_float32(k)), self.prm_exp(_as_float32(q))  # (B, T, m)
+        normaliser = torch.bmm(qp, sum_last_dim(kp.transpose(1, 2)))  # (B, T, 1) = qp · Σ_t kp
         kptv = torch.bmm(v32.transpose(1, 2), kp)  # (B, emb, m)
         y = torch.bmm(qp, kptv.transpose(1, 2)) / (normaliser + PERFORMER_EPSILON)  # (B, T, emb)
-        return v + self.dp(self.proj(y.to(v.dtype)))
+        return v + self.dp(self.proj(y.to(v.dtype) if v.dtype != y.dtype else y))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.single_attn(self.norm1(x))

@@ -1,0 +1,108 @@
+"""ExecuTorch target: `torch.export` -> `to_edge_transform_and_lower` with the XNNPACK partitioner -> `.pte`.
+
+The goal for every family is one XNNPACK partition and no undelegated compute op. The models make that
+possible (matmul-statistics LayerNorm, 3-D bmm attention, slices instead of select/unbind, one-hot unfold
+convolutions, resize as mm); this module lowers, then reports what stayed outside XNNPACK so a regression
+shows up as a number in the manifest rather than as a slow phone.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import EdgevitError
+
+NAME = "executorch"
+ARTIFACT = "model.pte"
+PRECISIONS = ("fp32",)  # XNNPACK rejects fp16 GELU, so an fp16 graph would split; int8 comes from quantization
+LAYER_NORM = "matmul"  # XNNPACK has no LayerNorm kernel: every native LayerNorm would be a graph break
+RUNS_HERE = True
+# Graph plumbing that is not compute: outputs of a delegate call, and memory-planning helpers.
+NON_COMPUTE = {"getitem", "alloc", "executorch_call_delegate"}
+_SCALAR_TYPES = {6: "float32", 5: "float16", 1: "int8", 0: "uint8", 3: "int32", 4: "int64"}  # c10::ScalarType
+
+
+def toolchain_versions() -> dict:
+    from importlib.metadata import version
+
+    return {"executorch": version("executorch"), "torchao": version("torchao")}
+
+
+def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: str = "fp32") -> dict:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.devtools.backend_debug import get_delegation_info
+    from executorch.exir import to_edge_transform_and_lower
+
+    stage = "export"
+    try:
+        with torch.no_grad():
+            program = torch.export.export(model.eval(), (example,), strict=True)
+        stage = "lower (XNNPACK)"
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        delegation = _delegation_report(get_delegation_info(edge.exported_program().graph_module))
+        stage = "serialize"
+        executorch_program = edge.to_executorch()
+        Path(artifact).write_bytes(executorch_program.buffer)
+    except EdgevitError:
+        raise
+    except Exception as exc:  # the toolchain's own errors: name the stage so a user knows where it broke
+        raise EdgevitError(f"ExecuTorch conversion failed at the {stage} stage: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    return {**inspect(artifact), "delegation": delegation}
+
+
+def _delegation_report(info) -> dict:
+    frame = info.get_operator_delegation_dataframe()
+    delegated, undelegated = {}, {}
+    for row in frame.itertuples():
+        if row.op_type == "Total":
+            continue
+        name = row.op_type.replace("aten_", "").replace("_default", "")
+        if row.occurrences_in_delegated_graphs:
+            delegated[name] = int(row.occurrences_in_delegated_graphs)
+        if row.occurrences_in_non_delegated_graphs and name not in NON_COMPUTE:
+            undelegated[name] = int(row.occurrences_in_non_delegated_graphs)
+    return {"partitions": int(info.num_delegated_subgraphs), "delegated_ops": delegated,
+            "undelegated_ops": undelegated, "undelegated_compute_ops": sum(undelegated.values())}
+
+
+def _load_method(artifact: Path):
+    from executorch.runtime import Runtime
+
+    return Runtime.get().load_program(str(artifact)).load_method("forward")
+
+
+def run(artifact: Path, images: np.ndarray) -> np.ndarray:
+    method = _load_method(artifact)
+    outputs = [method.execute([torch.from_numpy(np.ascontiguousarray(image[None], dtype=np.float32))])[0]
+               for image in images]
+    return torch.cat(outputs).numpy()
+
+
+def inspect(artifact: Path) -> dict:
+    """Delegates and the kernels left outside them, read from the .pte itself; I/O from the runtime."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    pte = deserialize_pte_binary(Path(artifact).read_bytes())
+    program = getattr(pte, "program", pte)
+    plan = program.execution_plan[0]
+    instructions = Counter(type(i.instr_args).__name__ for i in plan.chains[0].instructions)
+    kernels = [op.name for op in plan.operators]
+    meta = _load_method(artifact).metadata
+
+    def describe(count, info, prefix):
+        return [{"name": f"{prefix}{i}", "shape": list(info(i).sizes()),
+                 "dtype": str(_SCALAR_TYPES.get(int(info(i).dtype()), info(i).dtype()))} for i in range(count)]
+
+    return {
+        "backends": sorted({d.id for d in plan.delegates}),
+        "num_delegate_calls": instructions.get("DelegateCall", 0),
+        "portable_kernels": kernels,
+        "num_kernel_calls": instructions.get("KernelCall", 0),
+        "inputs": describe(meta.num_inputs(), meta.input_tensor_meta, "input"),
+        "outputs": describe(meta.num_outputs(), meta.output_tensor_meta, "output"),
+    }
