@@ -12,6 +12,7 @@ EPILOG = """examples:
   edgevit list                      every variant, with params, MACs, input size and weights
   edgevit list 'crossvit*'          only the CrossViT variants
   edgevit info tnt_ti               config, preprocessing, params, MACs and the exported-graph op census
+  edgevit convert tnt_ti --target coreml     a verified Core ML bundle (also: executorch, tflite, onnx, all)
   edgevit export tnt_ti --out out/  a strict torch.export program (.pt2) for your own toolchain
 """
 
@@ -116,7 +117,39 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert
+
+    options = {"coreml": {"image_input": args.image_input, "minimum_target": args.minimum_target,
+                          "compute_units": args.compute_units},
+               "tflite": {"nhwc": args.nhwc},
+               "onnx": {"opset": args.opset}}
+    log = (lambda message: print(message, file=sys.stderr, flush=True))
+    outcomes = convert(args.model, targets=args.target, out=args.out, weights=args.weights,
+                       pretrained=args.pretrained, precision=args.precision, img_size=args.img_size,
+                       num_classes=args.num_classes, force=args.force, verify=not args.no_verify,
+                       keep_failed=args.keep_failed, target_options=options, log=log)
+    rows = []
+    for outcome in outcomes:
+        delegation = outcome.report.get("delegation") or {}
+        accel = (f"{delegation['partitions']} XNNPACK partition(s), {delegation['undelegated_compute_ops']} "
+                 "undelegated ops" if delegation else "")
+        if "fully_accelerated" in outcome.report:
+            accel = "fully accelerated (XNNPACK)" if outcome.report["fully_accelerated"] else "NOT fully accelerated"
+        if "tensorrt" in outcome.report:
+            accel = outcome.report["tensorrt"]["verdict"]
+        rows.append([outcome.target, outcome.precision, outcome.status.upper(),
+                     f"{outcome.size_bytes / 1e6:.2f}" if outcome.size_bytes else "-", f"{outcome.seconds:.1f}",
+                     outcome.summary, accel, str(outcome.bundle or "-")])
+    print()
+    _print_table(rows, ["target", "precision", "status", "MB", "seconds", "check", "backend", "bundle"])
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        print(f"\n{len(failed)} conversion(s) failed; see the messages above.", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _add_model_args(parser: argparse.ArgumentParser, layer_norm: bool = True) -> None:
     parser.add_argument("model", help="variant name or alias (see `edgevit list`)")
     parser.add_argument("--weights", metavar="PATH",
                         help="checkpoint to load (.pth, .pth.tar, .bin, .safetensors; timm, official or edgevit layout)")
@@ -124,6 +157,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="download the published weights (cached; offline, pass --weights instead)")
     parser.add_argument("--img-size", type=int, metavar="N", help="input size (position embeddings are resized)")
     parser.add_argument("--num-classes", type=int, metavar="N", help="classifier size (a new head is initialised)")
+    if not layer_norm:  # converters pick the form their backend runs best
+        return
     parser.add_argument("--layer-norm", choices=["native", "matmul"], default="native",
                         help="LayerNorm form in the exported graph: native, or matmul statistics (what XNNPACK "
                              "delegates) [default: native]")
@@ -160,6 +195,36 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", default="edgevit-out", help="output directory [default: edgevit-out]")
     export.add_argument("--force", action="store_true", help="overwrite an existing file")
     export.set_defaults(run=cmd_export)
+    convert = commands.add_parser(
+        "convert", help="convert a model to verified ExecuTorch / Core ML / TFLite / ONNX bundles",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Convert a model to one or more targets. Each target gets a bundle directory "
+                    "(OUT/VARIANT/TARGET-PRECISION) with the artifact, manifest.json and labels.txt, written "
+                    "atomically. Each artifact is run in its own runtime and compared with PyTorch (Core ML "
+                    "runs only on macOS; on Linux its package is inspected instead).",
+        epilog="examples:\n  edgevit convert tnt_ti --target coreml\n"
+               "  edgevit convert nest_tiny_jx --pretrained --target all\n"
+               "  edgevit convert t2t_vit_7 --weights 71.7_T2T_ViT_7.pth.tar --target tflite --nhwc")
+    _add_model_args(convert, layer_norm=False)
+    convert.add_argument("--target", nargs="+", default=["coreml"], metavar="TARGET",
+                         help="executorch, coreml, tflite, onnx, or all [default: coreml]")
+    convert.add_argument("--precision", choices=["fp32", "fp16"],
+                         help="fp16: Core ML compute precision, TFLite fp16 weights, ONNX fp16 graph "
+                              "[default: fp16 for coreml, fp32 otherwise]")
+    convert.add_argument("--out", default="edgevit-out", help="output directory [default: edgevit-out]")
+    convert.add_argument("--force", action="store_true", help="replace existing bundles")
+    convert.add_argument("--no-verify", action="store_true", help="skip running the artifacts (faster)")
+    convert.add_argument("--keep-failed", action="store_true",
+                         help="keep a bundle whose verification failed, as DIR.failed, for debugging")
+    convert.add_argument("--image-input", action="store_true",
+                         help="coreml: take 0..255 RGB images (normalisation folded in) and add a classifier "
+                              "output with labels, for Apple's Vision framework")
+    convert.add_argument("--minimum-target", default="iOS16", help="coreml: minimum deployment target [iOS16]")
+    convert.add_argument("--compute-units", default="ALL", choices=["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"],
+                         help="coreml: compute units [ALL]")
+    convert.add_argument("--nhwc", action="store_true", help="tflite: NHWC input, as camera pipelines deliver")
+    convert.add_argument("--opset", type=int, default=20, help="onnx: opset, at least 18 [20]")
+    convert.set_defaults(run=cmd_convert)
     return parser
 
 

@@ -160,8 +160,10 @@ class TokenPerformer(nn.Module):
         v32 = _as_float32(v)
         kp, qp = self.prm_exp(_as_float32(k)), self.prm_exp(_as_float32(q))  # (B, T, m)
         normaliser = torch.bmm(qp, sum_last_dim(kp.transpose(1, 2)))  # (B, T, 1) = qp · Σ_t kp
-        kptv = torch.bmm(v32.transpose(1, 2), kp)  # (B, emb, m)
-        y = torch.bmm(qp, kptv.transpose(1, 2)) / (normaliser + PERFORMER_EPSILON)  # (B, T, emb)
+        # kpᵀv first, so both products take activations in their natural layout (LiteRT would turn
+        # qp · (vᵀkp)ᵀ into a FULLY_CONNECTED with activation weights, which XNNPACK rejects)
+        ktv = torch.bmm(kp.transpose(1, 2), v32)  # (B, m, emb)
+        y = torch.bmm(qp, ktv) / (normaliser + PERFORMER_EPSILON)  # (B, T, emb)
         return v + self.dp(self.proj(y.to(v.dtype) if v.dtype != y.dtype else y))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

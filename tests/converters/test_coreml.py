@@ -18,7 +18,7 @@ from edgevit.converters import RuntimeUnavailable, coreml  # noqa: E402
 from edgevit.errors import EdgevitError  # noqa: E402
 from edgevit.models import layer_norm_form  # noqa: E402
 from edgevit.models.tnt import TNT  # noqa: E402
-from models.test_variants import TINY  # noqa: E402  (tests/ is on sys.path, as for `helpers`)
+from helpers import TINY  # noqa: E402
 
 FAMILIES = ("tnt", "t2t_performer", "nest_same", "crossvit")
 pytestmark = pytest.mark.filterwarnings("ignore:Function _TORCH_OPS_REGISTRY")  # coremltools' own deprecation

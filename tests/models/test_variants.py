@@ -6,32 +6,9 @@ import edgevit
 from edgevit.analysis import check_export_clean, count_macs, count_params
 from edgevit.errors import EdgevitError
 from edgevit.models import build_model, get_variant, list_models
-from edgevit.models.crossvit import CrossVit
-from edgevit.models.nest import Nest
-from edgevit.models.t2t import T2TViT
-from edgevit.models.tnt import TNT
+from helpers import TINY
 
 ALL_VARIANTS = list_models()
-# Small configurations of each family that exercise every code path (the fast suite exports these).
-TINY = {
-    "tnt": lambda: TNT(img_size=32, patch_size=8, embed_dim=32, inner_dim=4, depth=2, num_heads_outer=2,
-                       num_heads_inner=1, first_stride=4, num_classes=10),
-    "tnt_legacy": lambda: TNT(img_size=32, patch_size=8, embed_dim=32, inner_dim=4, depth=1, num_heads_outer=2,
-                              num_heads_inner=1, num_classes=10, legacy=True),
-    "t2t_performer": lambda: T2TViT(img_size=32, tokens_type="performer", embed_dim=32, depth=2, num_heads=2,
-                                     mlp_ratio=2.0, token_dim=16, num_classes=10),
-    "t2t_transformer": lambda: T2TViT(img_size=32, tokens_type="transformer", embed_dim=32, depth=1, num_heads=2,
-                                       mlp_ratio=2.0, token_dim=16, num_classes=10),
-    "nest_same": lambda: Nest(img_size=32, patch_size=2, num_levels=3, embed_dims=(16, 32, 64), num_heads=(1, 2, 4),
-                              depths=(1, 1, 1), num_classes=10, pad_type="same"),
-    "nest_symmetric": lambda: Nest(img_size=32, patch_size=2, num_levels=3, embed_dims=(16, 32, 64),
-                                   num_heads=(1, 2, 4), depths=(1, 1, 1), num_classes=10),
-    "crossvit": lambda: CrossVit(img_size=40, img_scale=(1.0, 0.8), patch_size=(8, 16), embed_dim=(16, 32),
-                                 depth=((1, 1, 0),), num_heads=(2, 2), mlp_ratio=(2, 2, 1), num_classes=10),
-    "crossvit_dagger": lambda: CrossVit(img_size=48, img_scale=(1.0, 32 / 48), patch_size=(12, 16),
-                                        embed_dim=(16, 32), depth=((1, 1, 0),), num_heads=(2, 2),
-                                        mlp_ratio=(2, 2, 1), multi_conv=True, num_classes=10),
-}
 
 
 def _meta_model(name):

@@ -1,0 +1,216 @@
+"""The main job: model name -> verified bundle(s), one per target.
+
+For each target: put the model in the target's LayerNorm form, convert into a staging directory, run the
+artifact in its own runtime on image-like inputs and compare with eager PyTorch, write the manifest, and only
+then move the bundle into place. A failed check leaves no bundle behind (or a `.failed` one if asked).
+"""
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import __version__
+from .analysis import count_params
+from .converters import RuntimeUnavailable, get_target, resolve_targets
+from .converters.bundle import LABELS, artifact_digest, check_destination, staged_bundle, write_manifest
+from .data.labels import labels_for
+from .errors import EdgevitError
+from .models import create_model, layer_norm_form
+from .verify import compare, judge, reference_logits, verification_inputs
+
+# Core ML's default is fp16 (what the Neural Engine runs); everything else defaults to fp32.
+DEFAULT_PRECISION = {"coreml": "fp16"}
+RANDOM_INIT_WARNING = ("no weights given: converting a RANDOMLY INITIALISED {variant}. The bundle is fine for "
+                       "checking the toolchain and measuring speed, but it predicts nothing. Pass --weights PATH "
+                       "or --pretrained.")
+
+
+@dataclass
+class Outcome:
+    """What happened for one target."""
+
+    target: str
+    precision: str
+    status: str  # "ok", "failed" or "skipped"
+    bundle: Path | None = None
+    seconds: float = 0.0
+    size_bytes: int | None = None
+    verification: dict = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def summary(self) -> str:
+        """One phrase on how far this artifact was checked, for the summary table."""
+        if self.status != "ok":
+            return self.error or self.status
+        verification = self.verification
+        if verification.get("status") == "passed":
+            metrics = verification["metrics"]
+            return (f"verified: cos {metrics['cosine_min']:.6f}, top-1 {metrics['top1_agreement']:.0%}, "
+                    f"max err {metrics['max_abs_error']:.1e}")
+        return verification.get("reason", verification.get("status", ""))
+
+
+def bundle_dir(out: Path, variant: str, target: str, precision: str) -> Path:
+    return Path(out) / variant / f"{target}-{precision}"
+
+
+def convert(model: str | nn.Module, targets: str | list[str] = "coreml", out: str | Path = "edgevit-out",
+            weights: str | Path | None = None, pretrained: bool = False, precision: str | None = None,
+            img_size: int | None = None, num_classes: int | None = None, force: bool = False,
+            verify: bool = True, keep_failed: bool = False, verify_samples: int = 8,
+            target_options: dict[str, dict] | None = None,
+            log: Callable[[str], None] = lambda message: None) -> list[Outcome]:
+    """Convert a model (a variant name, or a model from `edgevit.create_model`) to each target's bundle.
+
+    Returns one `Outcome` per target; raises `EdgevitError` only for problems that stop everything (unknown
+    model or target, unreadable weights, an output directory that exists without `force`).
+    """
+    names = resolve_targets(targets)
+    precisions = {name: precision or DEFAULT_PRECISION.get(name, "fp32") for name in names}
+    if isinstance(model, str):
+        model = create_model(model, pretrained=pretrained, weights=weights, num_classes=num_classes,
+                             img_size=img_size)
+    variant = model.variant or type(model).__name__.lower()
+    destinations = {name: bundle_dir(Path(out), variant, name, precisions[name]) for name in names}
+    for destination in destinations.values():
+        check_destination(destination, force)  # before any slow work
+    if model.weights_source == "random init":
+        log("WARNING: " + RANDOM_INIT_WARNING.format(variant=variant))
+    cfg = model.pretrained_cfg
+    example = torch.zeros(1, *cfg["input_size"])
+    images, images_source = verification_inputs(cfg, verify_samples) if verify else (None, None)
+    expected = reference_logits(model, images) if verify else None
+
+    outcomes = []
+    for index, name in enumerate(names, 1):
+        prefix = f"[{index}/{len(names)}] {name} {precisions[name]}"
+        target = get_target(name)
+        if precisions[name] not in target.PRECISIONS:
+            reason = f"{name} supports precision {', '.join(target.PRECISIONS)}, not {precisions[name]}"
+            if len(names) == 1:
+                raise EdgevitError(reason)
+            log(f"{prefix}: skipped ({reason})")
+            outcomes.append(Outcome(name, precisions[name], "skipped", error=reason))
+            continue
+        options = dict((target_options or {}).get(name, {}))
+        labels = labels_for(cfg.get("labels"), cfg["num_classes"])
+        if name == "coreml" and options.get("image_input") and labels:
+            options.setdefault("labels", labels)
+        outcome = _convert_one(model, target, example, destinations[name], precisions[name], options, labels,
+                               images, images_source, expected, force, keep_failed, prefix, log)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _convert_one(model, target, example, destination, precision, options, labels, images, images_source,
+                 expected, force, keep_failed, prefix, log) -> Outcome:
+    outcome = Outcome(target.NAME, precision, "failed")
+    start = time.perf_counter()
+    try:
+        with staged_bundle(destination, force=force, keep_failed=keep_failed) as staging:
+            artifact = staging / target.ARTIFACT
+            log(f"{prefix}: export, convert, serialize ...")
+            with layer_norm_form(model, target.LAYER_NORM):
+                outcome.report = target.convert(model, example, artifact, precision=precision, **options)
+            convert_seconds = time.perf_counter() - start
+            outcome.verification = _verify(target, artifact, images, images_source, expected, precision,
+                                           outcome.report, prefix, log)
+            if labels:
+                (staging / LABELS).write_text("\n".join(labels) + "\n")
+            outcome.size_bytes, sha256 = artifact_digest(artifact)
+            outcome.seconds = time.perf_counter() - start
+            failed = outcome.verification.get("status") == "failed"
+            write_manifest(staging, _manifest(model, target, precision, options, outcome, sha256, labels,
+                                              convert_seconds, "failed" if failed else "ok"))
+            if failed:
+                raise EdgevitError("verification failed: " + "; ".join(outcome.verification["failures"]))
+        outcome.status, outcome.bundle = "ok", destination
+        log(f"{prefix}: wrote {destination} ({outcome.size_bytes / 1e6:.2f} MB, {outcome.seconds:.1f} s)")
+    except EdgevitError as exc:
+        outcome.error, outcome.seconds = str(exc), time.perf_counter() - start
+        kept = f"; kept for inspection in {destination}.failed" if keep_failed else ""
+        log(f"{prefix}: FAILED: {exc}{kept}")
+    return outcome
+
+
+def _verify(target, artifact, images, images_source, expected, precision, report, prefix, log) -> dict:
+    structural = _structural_failures(report)
+    if images is None:
+        return {"status": "skipped", "reason": "--no-verify", "structural_failures": structural}
+    log(f"{prefix}: verifying on {len(images)} {images_source} ...")
+    try:
+        actual = target.run(artifact, images)
+    except RuntimeUnavailable as exc:
+        status = "failed" if structural else "not run"
+        return {"status": status, "reason": f"numerics not run: {exc}", "inputs": images_source,
+                "structural_failures": structural, "failures": structural}
+    metrics = compare(expected, actual)
+    verdict = judge(metrics, precision)
+    failures = verdict.failures + structural
+    return {"status": "passed" if not failures else "failed", "inputs": images_source, "metrics": metrics,
+            "failures": failures, "structural_failures": structural}
+
+
+def _structural_failures(report: dict) -> list[str]:
+    """Checks that need no runtime: tensors of rank > 5 (Core ML's limit) and ops an export-clean graph lacks."""
+    failures = []
+    if report.get("max_rank", 0) > 5:
+        failures.append(f"tensor of rank {report['max_rank']} (Core ML allows at most 5)")
+    if report.get("unclean_ops"):
+        failures.append(f"unexpected ops: {report['unclean_ops']}")
+    return failures
+
+
+def _toolchain_versions(target) -> dict:
+    return {"torch": torch.__version__, "edgevit": __version__, **target.toolchain_versions()}
+
+
+def _manifest(model, target, precision, options, outcome, sha256, labels, convert_seconds, status) -> dict:
+    cfg = model.pretrained_cfg
+    report = model.load_report
+    channels, height, width = cfg["input_size"]
+    nhwc = bool(options.get("nhwc"))
+    image_input = bool(options.get("image_input"))
+    return {
+        "status": status,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": {"variant": model.variant, "family": model.family, "arch": getattr(model, "arch", {}),
+                  "params": count_params(model)["total"]},
+        "weights": {"source": model.weights_source, "random_init": model.weights_source == "random init",
+                    "sha256": report.sha256 if report else None, "layout": report.layout if report else None,
+                    "notes": report.messages if report else []},
+        "target": target.NAME,
+        "precision": precision,
+        "quantization": None,
+        "input": {"name": _first_name(outcome.report.get("inputs"), "pixel_values"),
+                  "shape": [1, height, width, channels] if nhwc else [1, channels, height, width],
+                  "dtype": "uint8 image" if image_input else "float32",
+                  "layout": "NHWC" if nhwc else "NCHW",
+                  "value_range": "0..255 RGB pixels (normalisation inside the model)" if image_input
+                  else "normalised: (pixel / 255 - mean) / std"},
+        "preprocessing": {"resize": int(round(height / cfg.get("crop_pct", 1.0))), "crop": [height, width],
+                          "crop_pct": cfg.get("crop_pct"), "interpolation": cfg.get("interpolation"),
+                          "mean": cfg.get("mean"), "std": cfg.get("std")},
+        "outputs": outcome.report.get("outputs"),
+        "num_classes": cfg["num_classes"],
+        "labels": LABELS if labels else None,
+        "options": {k: v for k, v in options.items() if k != "labels"},
+        "toolchain": _toolchain_versions(target),
+        "host": {"platform": platform.platform(), "python": platform.python_version()},
+        "artifact": {"file": target.ARTIFACT, "size_bytes": outcome.size_bytes, "sha256": sha256,
+                     "convert_seconds": round(convert_seconds, 2)},
+        "verification": outcome.verification,
+        "report": outcome.report,
+    }
+
+
+def _first_name(values, default: str) -> str:
+    return values[0].get("name", default) if values else default
