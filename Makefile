@@ -11,8 +11,7 @@ install:
 	$(PIP) -q -e ".[all]"
 
 demo: install
-	edgevit info tnt_ti
-	edgevit export tnt_ti --out $(OUT) --force
+	edgevit convert tnt_ti --target all --out $(OUT) --force
 
 test: install
 	$(PIP) -q -e ".[all,test]"

@@ -228,7 +228,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_toolchains() -> None:
+    """Toolchains log deprecation chatter and 'torchvision is not installed' lines that mean nothing to users."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*(TracerWarning|non-writable|_TORCH_OPS_REGISTRY).*")
+    for name in ("torch", "torch.onnx", "torch._export", "torch.utils._pytree", "executorch", "coremltools",
+                 "onnxscript", "absl"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_toolchains()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):

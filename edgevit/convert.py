@@ -78,11 +78,11 @@ def convert(model: str | nn.Module, targets: str | list[str] = "coreml", out: st
     if isinstance(model, str):
         model = create_model(model, pretrained=pretrained, weights=weights, num_classes=num_classes,
                              img_size=img_size)
-    variant = model.variant or type(model).__name__.lower()
+    variant = getattr(model, "variant", None) or type(model).__name__.lower()
     destinations = {name: bundle_dir(Path(out), variant, name, precisions[name]) for name in names}
     for destination in destinations.values():
         check_destination(destination, force)  # before any slow work
-    if model.weights_source == "random init":
+    if _weights_source(model) == "random init":
         log("WARNING: " + RANDOM_INIT_WARNING.format(variant=variant))
     cfg = model.pretrained_cfg
     example = torch.zeros(1, *cfg["input_size"])
@@ -175,16 +175,16 @@ def _toolchain_versions(target) -> dict:
 
 def _manifest(model, target, precision, options, outcome, sha256, labels, convert_seconds, status) -> dict:
     cfg = model.pretrained_cfg
-    report = model.load_report
+    report = getattr(model, "load_report", None)
     channels, height, width = cfg["input_size"]
     nhwc = bool(options.get("nhwc"))
     image_input = bool(options.get("image_input"))
     return {
         "status": status,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model": {"variant": model.variant, "family": model.family, "arch": getattr(model, "arch", {}),
+        "model": {"variant": getattr(model, "variant", None), "family": model.family, "arch": getattr(model, "arch", {}),
                   "params": count_params(model)["total"]},
-        "weights": {"source": model.weights_source, "random_init": model.weights_source == "random init",
+        "weights": {"source": _weights_source(model), "random_init": _weights_source(model) == "random init",
                     "sha256": report.sha256 if report else None, "layout": report.layout if report else None,
                     "notes": report.messages if report else []},
         "target": target.NAME,
@@ -210,6 +210,10 @@ def _manifest(model, target, precision, options, outcome, sha256, labels, conver
         "verification": outcome.verification,
         "report": outcome.report,
     }
+
+
+def _weights_source(model) -> str:
+    return getattr(model, "weights_source", "random init")
 
 
 def _first_name(values, default: str) -> str:
