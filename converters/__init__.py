@@ -7,7 +7,9 @@ Every target module (`executorch`, `coreml`, `tflite`, `onnx`) exposes:
   `RUNS_HERE` (whether this machine has the runtime);
 - `convert(model, example, artifact, precision="fp32", **options) -> dict`: write the artifact, return a report
   (inputs, outputs, op census, delegation);
-- `run(artifact, images) -> np.ndarray`: run the artifact in its own runtime on NCHW float images, batch by batch;
+- `load(artifact, threads=None) -> predict`: the artifact loaded once in its own runtime; `predict(image)` maps one
+  (C, H, W) float32 image to its logits (what verification and benchmarks call in a loop);
+- `run(artifact, images) -> np.ndarray`: `load` + `predict` over NCHW float images (N, C, H, W) -> (N, classes);
 - `inspect(artifact) -> dict`: what the artifact contains, without running it;
 - `toolchain_versions() -> dict`.
 
@@ -27,6 +29,13 @@ class RuntimeUnavailable(EdgevitError):
     """The artifact was built, but its runtime does not exist on this machine (Core ML off macOS)."""
 
 _EXTRAS = {"executorch": "executorch", "coreml": "coreml", "tflite": "tflite", "onnx": "onnx"}
+
+
+def predict_all(predict, images) -> "np.ndarray":
+    """Stack one predictor's logits over a batch of (N, C, H, W) images (artifacts are static batch 1)."""
+    import numpy as np
+
+    return np.stack([np.asarray(predict(image), dtype=np.float32).reshape(-1) for image in images])
 
 
 def _check_name(name: str) -> None:

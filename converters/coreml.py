@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import EdgevitError
+from . import predict_all
 
 NAME = "coreml"
 ARTIFACT = "model.mlpackage"
@@ -303,8 +304,11 @@ def _load(artifact: Path):
     return ct.models.MLModel(str(artifact), skip_model_load=True)
 
 
-def run(artifact: Path, images: np.ndarray, compute_units: str | None = None) -> np.ndarray:
-    """Logits (N, classes) from Core ML on macOS, image by image; image-input models get PIL images."""
+def load(artifact: Path, threads: int | None = None, compute_units: str | None = None):
+    """A predictor for one NCHW float32 image, on macOS; image-input models are fed PIL images.
+
+    `threads` is accepted for the common interface; Core ML schedules its own threads.
+    """
     import coremltools as ct
 
     probe = _load(artifact)  # a missing or broken package is a user error before the platform question
@@ -314,25 +318,33 @@ def run(artifact: Path, images: np.ndarray, compute_units: str | None = None) ->
     units = _compute_units(ct, compute_units or meta.get(META_PREFIX + "compute_units", DEFAULT_COMPUTE_UNITS))
     mlmodel = ct.models.MLModel(str(artifact), compute_units=units)
     spec_input = mlmodel.get_spec().description.input[0]
-    images = np.asarray(images, dtype=np.float32)
-    if images.ndim != 4:
-        raise EdgevitError(f"run takes NCHW images, got shape {images.shape}")
-    feeds = [image[None] for image in images]
-    if spec_input.type.WhichOneof("Type") == "imageType":
+    image_input = spec_input.type.WhichOneof("Type") == "imageType"
+    if image_input:
         from PIL import Image
 
         mean, std = meta.get(META_PREFIX + "mean"), meta.get(META_PREFIX + "std")
         if mean is None or std is None:
             raise EdgevitError(f"{artifact} has an image input but no edgevit mean/std metadata; convert it again")
-        pixels = np.rint(_to_pixels(images, json.loads(mean), json.loads(std))).astype(np.uint8)
-        # uint8 (H, W) -> mode "L", (H, W, 3) -> "RGB", as the package's image input expects
-        feeds = [Image.fromarray(p[0] if p.shape[0] == 1 else np.ascontiguousarray(p.transpose(1, 2, 0)))
-                 for p in pixels]
-    outputs = []
-    for feed in feeds:
+        mean, std = json.loads(mean), json.loads(std)
+
+    def predict(image: np.ndarray) -> np.ndarray:
+        feed = np.asarray(image, dtype=np.float32)[None]
+        if image_input:
+            pixels = np.rint(_to_pixels(feed, mean, std)).astype(np.uint8)[0]
+            # uint8 (H, W) -> mode "L", (H, W, 3) -> "RGB", as the package's image input expects
+            feed = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else np.ascontiguousarray(pixels.transpose(1, 2, 0)))
         result = mlmodel.predict({spec_input.name: feed})
-        outputs.append(np.asarray(result[OUTPUT_NAME], dtype=np.float32).reshape(1, -1))
-    return np.concatenate(outputs)
+        return np.asarray(result[OUTPUT_NAME], dtype=np.float32).reshape(-1)
+
+    return predict
+
+
+def run(artifact: Path, images: np.ndarray, compute_units: str | None = None) -> np.ndarray:
+    """Logits (N, classes) from Core ML on macOS, image by image."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4:
+        raise EdgevitError(f"run takes NCHW images, got shape {images.shape}")
+    return predict_all(load(artifact, compute_units=compute_units), images)
 
 
 def _runtime_unavailable():

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import EdgevitError
+from . import predict_all
 
 NAME = "executorch"
 ARTIFACT = "model.pte"
@@ -76,11 +77,16 @@ def _load_method(artifact: Path):
     return Runtime.get().load_program(str(artifact)).load_method("forward")
 
 
-def run(artifact: Path, images: np.ndarray) -> np.ndarray:
+def load(artifact: Path, threads: int | None = None):
+    if threads:
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+        _unsafe_reset_threadpool(threads)
     method = _load_method(artifact)
-    outputs = [method.execute([torch.from_numpy(np.ascontiguousarray(image[None], dtype=np.float32))])[0]
-               for image in images]
-    return torch.cat(outputs).numpy()
+    return lambda image: method.execute([torch.from_numpy(np.ascontiguousarray(image[None], dtype=np.float32))])[0][0]
+
+
+def run(artifact: Path, images: np.ndarray, threads: int | None = None) -> np.ndarray:
+    return predict_all(load(artifact, threads), images)
 
 
 def inspect(artifact: Path) -> dict:

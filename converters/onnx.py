@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import predict_all
+
 NAME = "onnx"
 ARTIFACT = "model.onnx"
 PRECISIONS = ("fp32", "fp16")
@@ -70,10 +72,14 @@ def _session(artifact: Path, threads: int | None = None):
     return ort.InferenceSession(str(artifact), options, providers=["CPUExecutionProvider"])
 
 
-def run(artifact: Path, images: np.ndarray) -> np.ndarray:
-    session = _session(artifact)
+def load(artifact: Path, threads: int | None = None):
+    session = _session(artifact, threads)
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: image[None].astype(np.float32)})[0] for image in images])
+    return lambda image: session.run(None, {name: np.asarray(image, dtype=np.float32)[None]})[0][0]
+
+
+def run(artifact: Path, images: np.ndarray, threads: int | None = None) -> np.ndarray:
+    return predict_all(load(artifact, threads), images)
 
 
 def inspect(artifact: Path) -> dict:

@@ -34,6 +34,7 @@ from torch import nn
 
 from ..errors import EdgevitError
 from ..models.layers import LayerNorm
+from . import predict_all
 
 NAME = "tflite"
 ARTIFACT = "model.tflite"
@@ -208,21 +209,21 @@ def _layout(shape) -> str | None:
     return "NCHW" if shape[1] <= shape[3] else "NHWC"
 
 
-def run(artifact: Path, images: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """Logits for NCHW float32 `images`, one batch-1 invoke each; XNNPACK with `threads` (None: runtime default)."""
+def load(artifact: Path, threads: int | None = None):
+    """A predictor for one NCHW float32 image; XNNPACK with `threads` (None: runtime default)."""
     interpreter = _interpreter(Path(artifact), threads)
     source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     shape = tuple(int(d) for d in source["shape"])
     nhwc = _layout(shape) == "NHWC"
-    images = np.asarray(images, dtype=np.float32)
     expected = (shape[3], shape[1], shape[2]) if nhwc else shape[1:]
-    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(expected):
-        raise EdgevitError(f"{artifact} takes NCHW images of shape (N, {', '.join(map(str, expected))}), "
-                           f"got {images.shape}")
     in_scale, in_zero = source["quantization"]
     out_scale, out_zero = target["quantization"]
-    logits = []
-    for image in images:
+
+    def predict(image: np.ndarray) -> np.ndarray:
+        image = np.asarray(image, dtype=np.float32)
+        if tuple(image.shape) != tuple(expected):
+            raise EdgevitError(f"{artifact} takes NCHW images of shape (N, {', '.join(map(str, expected))}), "
+                               f"got an image of shape {image.shape}")
         x = image.transpose(1, 2, 0)[None] if nhwc else image[None]
         if source["dtype"] != np.float32:  # integer I/O (full-int8 models): quantize with the input's parameters
             info = np.iinfo(source["dtype"])
@@ -232,8 +233,17 @@ def run(artifact: Path, images: np.ndarray, threads: int | None = None) -> np.nd
         y = interpreter.get_tensor(target["index"])
         if target["dtype"] != np.float32:
             y = (y.astype(np.float32) - out_zero) * out_scale
-        logits.append(np.array(y, dtype=np.float32).reshape(1, -1))
-    return np.concatenate(logits)
+        return np.array(y, dtype=np.float32).reshape(-1)
+
+    return predict
+
+
+def run(artifact: Path, images: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """Logits for NCHW float32 `images`, one batch-1 invoke each."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4:
+        raise EdgevitError(f"run takes NCHW images (N, C, H, W), got shape {images.shape}")
+    return predict_all(load(artifact, threads), images)
 
 
 def _read_model(artifact: Path):
