@@ -350,9 +350,9 @@ def run(artifact: Path, images: np.ndarray, compute_units: str | None = None) ->
 def _runtime_unavailable():
     from . import RuntimeUnavailable
 
-    return RuntimeUnavailable(f"Core ML models run only on macOS: this machine is {sys.platform}. The package "
-                              "was built and can be inspected here; verify its numerics on a Mac "
-                              "(`edgevit verify` there) or in the sample iOS app.")
+    return RuntimeUnavailable(f"Core ML models run only on macOS (this is {sys.platform}): the package was built "
+                              "and inspected here (I/O, op census, ranks); run the conversion on a Mac to compare "
+                              "numerics")
 
 
 def _describe(features) -> list[dict]:

@@ -6,8 +6,12 @@ then move the bundle into place. A failed check leaves no bundle behind (or a `.
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
 import platform
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -66,10 +70,11 @@ def convert(model: str | nn.Module, targets: str | list[str] = "coreml", out: st
             weights: str | Path | None = None, pretrained: bool = False, precision: str | None = None,
             img_size: int | None = None, num_classes: int | None = None, force: bool = False,
             verify: bool = True, keep_failed: bool = False, verify_samples: int = 8,
-            target_options: dict[str, dict] | None = None,
+            target_options: dict[str, dict] | None = None, parallel: bool = True,
             log: Callable[[str], None] = lambda message: None) -> list[Outcome]:
     """Convert a model (a variant name, or a model from `edgevit.create_model`) to each target's bundle.
 
+    With several targets and `parallel`, targets convert in worker processes, one per core.
     Returns one `Outcome` per target; raises `EdgevitError` only for problems that stop everything (unknown
     model or target, unreadable weights, an output directory that exists without `force`).
     """
@@ -89,7 +94,8 @@ def convert(model: str | nn.Module, targets: str | list[str] = "coreml", out: st
     images, images_source = verification_inputs(cfg, verify_samples) if verify else (None, None)
     expected = reference_logits(model, images) if verify else None
 
-    outcomes = []
+    labels = labels_for(cfg.get("labels"), cfg["num_classes"])
+    jobs = []
     for index, name in enumerate(names, 1):
         prefix = f"[{index}/{len(names)}] {name} {precisions[name]}"
         target = get_target(name)
@@ -98,20 +104,46 @@ def convert(model: str | nn.Module, targets: str | list[str] = "coreml", out: st
             if len(names) == 1:
                 raise EdgevitError(reason)
             log(f"{prefix}: skipped ({reason})")
-            outcomes.append(Outcome(name, precisions[name], "skipped", error=reason))
+            jobs.append(Outcome(name, precisions[name], "skipped", error=reason))
             continue
         options = dict((target_options or {}).get(name, {}))
-        labels = labels_for(cfg.get("labels"), cfg["num_classes"])
         if name == "coreml" and options.get("image_input") and labels:
             options.setdefault("labels", labels)
-        outcome = _convert_one(model, target, example, destinations[name], precisions[name], options, labels,
-                               images, images_source, expected, force, keep_failed, prefix, log)
-        outcomes.append(outcome)
-    return outcomes
+        jobs.append((model, name, example, destinations[name], precisions[name], options, labels, images,
+                     images_source, expected, force, keep_failed, prefix))
+    work = [job for job in jobs if not isinstance(job, Outcome)]
+    workers = min(len(work), os.cpu_count() or 1) if parallel else 1
+    if workers <= 1:
+        done = {job[1]: _convert_one(*job, log) for job in work}
+    else:
+        done = _convert_in_processes(work, workers, log)
+    return [job if isinstance(job, Outcome) else done[job[1]] for job in jobs]
 
 
-def _convert_one(model, target, example, destination, precision, options, labels, images, images_source,
+def _convert_in_processes(work: list[tuple], workers: int, log) -> dict[str, Outcome]:
+    """One process per target, so the slow lowering of one toolchain overlaps the others.
+
+    The model travels to each worker by pickle (spawn, not fork: the toolchains start threads). The workers'
+    progress lines come back through a queue and are passed to `log` as they arrive.
+    """
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        messages = manager.Queue()
+        forward = threading.Thread(target=lambda: [log(m) for m in iter(messages.get, None)], daemon=True)
+        forward.start()
+        # the slowest lowering (ExecuTorch's XNNPACK passes) first, so it starts at once
+        ordered = sorted(work, key=lambda job: job[1] != "executorch")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = {job[1]: pool.submit(_convert_one, *job, messages.put) for job in ordered}
+            done = {name: future.result() for name, future in futures.items()}
+        messages.put(None)
+        forward.join()
+    return done
+
+
+def _convert_one(model, name, example, destination, precision, options, labels, images, images_source,
                  expected, force, keep_failed, prefix, log) -> Outcome:
+    target = get_target(name)
     outcome = Outcome(target.NAME, precision, "failed")
     start = time.perf_counter()
     try:

@@ -35,17 +35,14 @@ class LayerNorm(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.form == "native":
             return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        centred = x - self._mean(x)
-        y = centred * torch.rsqrt(self._mean(centred * centred) + self.eps)
+        # in 2-D throughout, with explicit mms: `torch.matmul` on 3-D/4-D input may lower to expand + bmm, which
+        # XNNPACK splits, and every extra reshape is one more node for the lowering passes to walk
+        rows = x.reshape(-1, x.shape[-1])
+        centred = rows - torch.mm(rows, self.averaging)
+        y = centred * torch.rsqrt(torch.mm(centred * centred, self.averaging) + self.eps)
         if self.weight is not None:
             y = y * self.weight + self.bias
-        return y
-
-
-    def _mean(self, x: torch.Tensor) -> torch.Tensor:
-        # an explicit 2-D mm: `torch.matmul` on 3-D/4-D input may lower to expand + bmm, which XNNPACK splits
-        width = x.shape[-1]
-        return torch.mm(x.reshape(-1, width), self.averaging).reshape(x.shape[:-1] + (1,))
+        return y.reshape(x.shape)
 
 
 def set_layer_norm_form(model: nn.Module, form: str) -> None:

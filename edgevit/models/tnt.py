@@ -145,7 +145,9 @@ class PixelEmbed(nn.Module):
         else:
             x = self.proj(unfold_patches(x, self.patch_size))
         x = x + pixel_pos
-        return x.reshape(x.shape[0], x.shape[1], -1).transpose(1, 2)
+        # contiguous once here: a transposed layout would propagate through the residual adds and turn every
+        # Linear on the words into expand + bmm instead of one mm
+        return x.reshape(x.shape[0], x.shape[1], -1).transpose(1, 2).contiguous()
 
 
 class TNT(EdgeModel):
