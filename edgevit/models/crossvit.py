@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import EdgevitError
 from .base import EdgeModel
 from .checkpoint import KeyLayout, StateDict, identity_convert
-from .layers import (Block, DropPath, LayerNorm, SeparableResize, drop_path_rates, first_token,
+from .layers import (Block, DropPath, LayerNorm, SeparableResize, drop_path_rates, first_token, init_vit_weights,
                      multi_head_attention, prepend_token, resample_abs_pos_embed)
 from .registry import Family, PretrainedCfg, Reported, register_family
 
@@ -255,17 +255,8 @@ class CrossVit(EdgeModel):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.ModuleList(nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
                                   for dim in embed_dim)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for i in range(self.num_branches):
-            nn.init.trunc_normal_(getattr(self, f"pos_embed_{i}"), std=0.02)
-            nn.init.trunc_normal_(getattr(self, f"cls_token_{i}"), std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_vit_weights(self, *(getattr(self, f"{kind}_{i}") for i in range(self.num_branches)
+                                 for kind in ("pos_embed", "cls_token")))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -95,6 +95,17 @@ class DropPath(nn.Module):
         return x * mask / keep
 
 
+def init_vit_weights(model: nn.Module, *embeddings: torch.Tensor) -> None:
+    """timm's ViT init: truncated normal (std 0.02) for the given embeddings and every Linear, zero biases."""
+    for tensor in embeddings:
+        nn.init.trunc_normal_(tensor, std=0.02)
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
 def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
     return [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
 

@@ -18,8 +18,8 @@ from torch import nn
 from ..errors import EdgevitError
 from .base import EdgeModel
 from .checkpoint import KeyLayout, StateDict, identity_convert
-from .layers import (Block, LayerNorm, Mlp, OneHotUnfold, drop_path_rates, first_token, multi_head_attention,
-                     prepend_token, resample_abs_pos_embed, to_2tuple)
+from .layers import (Block, LayerNorm, Mlp, OneHotUnfold, drop_path_rates, first_token, init_vit_weights,
+                     multi_head_attention, prepend_token, resample_abs_pos_embed, to_2tuple)
 from .registry import Family, PretrainedCfg, Reported, register_family
 
 _RELEASE = "https://github.com/yitu-opensource/T2T-ViT/releases/download/main/"
@@ -274,16 +274,7 @@ class T2TViT(EdgeModel):
             for rate in drop_path_rates(drop_path_rate, depth)])
         self.norm = LayerNorm(embed_dim, eps=1e-5)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # Official init: truncated normal 0.02 for the cls token and every Linear, zero biases.
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_vit_weights(self, self.cls_token)  # the official init; pos_embed is a fixed sinusoid
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The cls token after the final norm, (B, D), as the official `forward_features`."""

@@ -16,8 +16,8 @@ from torch import nn
 
 from .base import EdgeModel
 from .checkpoint import KeyLayout, StateDict, identity_convert
-from .layers import (DropPath, LayerNorm, Mlp, drop_path_rates, first_token, multi_head_attention,
-                     prepend_token, resample_abs_pos_embed)
+from .layers import (DropPath, LayerNorm, Mlp, drop_path_rates, first_token, init_vit_weights,
+                     multi_head_attention, prepend_token, resample_abs_pos_embed)
 from .registry import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD, Family, PretrainedCfg, Reported, register_family
 
 
@@ -184,16 +184,7 @@ class TNT(EdgeModel):
         self.norm = LayerNorm(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for tensor in (self.cls_token, self.patch_pos, self.pixel_pos):
-            nn.init.trunc_normal_(tensor, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_vit_weights(self, self.cls_token, self.patch_pos, self.pixel_pos)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image -> all patch tokens after the final norm, (B, 1 + N, D) with the cls token first."""

@@ -1,0 +1,107 @@
+"""Conversion sweep: every variant (or those matching --pattern) to every target, with verification.
+
+    python benchmarks/convert_sweep.py --out benchmarks/results [--pattern 'tnt*'] [--targets executorch onnx]
+
+Records per variant and target: status, seconds, artifact size, backend facts (XNNPACK partitions and
+undelegated ops, LiteRT full acceleration, ONNX ops TensorRT may refuse, Core ML max rank) and parity with
+eager PyTorch (cosine, max abs error, top-1 agreement). Artifacts go to a temporary directory and are
+deleted; only convert_sweep.json and convert_sweep.md are written to --out (merged with earlier rows, so
+the sweep can be run in pieces).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import edgevit
+from edgevit.convert import convert
+from edgevit.converters import TARGETS
+
+
+def backend_facts(target: str, report: dict) -> str:
+    if target == "executorch" and "delegation" in report:
+        delegation = report["delegation"]
+        undelegated = ", ".join(f"{op} x{n}" for op, n in delegation["undelegated_ops"].items())
+        return f"{delegation['partitions']} partition(s)" + (f"; outside XNNPACK: {undelegated}" if undelegated else "")
+    if target == "tflite" and "fully_accelerated" in report:
+        return "fully accelerated" if report["fully_accelerated"] else "NOT fully accelerated"
+    if target == "onnx" and "tensorrt" in report:
+        return report["tensorrt"]["verdict"]
+    if target == "coreml" and "max_rank" in report:
+        return f"max rank {report['max_rank']}, {sum(report.get('ops', {}).values())} MIL ops"
+    return ""
+
+
+def sweep_variant(name: str, targets: list[str]) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgevit-sweep-") as out:
+        model = edgevit.create_model(name)
+        for outcome in convert(model, targets=targets, out=out, parallel=True):
+            metrics = outcome.verification.get("metrics", {})
+            rows.append({"variant": name, "target": outcome.target, "precision": outcome.precision,
+                         "status": outcome.status, "seconds": round(outcome.seconds, 1),
+                         "size_mb": round(outcome.size_bytes / 1e6, 2) if outcome.size_bytes else None,
+                         "backend": backend_facts(outcome.target, outcome.report),
+                         "verification": outcome.verification.get("status"),
+                         "cosine_min": metrics.get("cosine_min"), "max_abs_error": metrics.get("max_abs_error"),
+                         "top1_agreement": metrics.get("top1_agreement"), "error": outcome.error})
+    return rows
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [f"# Conversion sweep ({meta['date']}, torch {meta['torch']}, {meta['machine']})", "",
+             f"Command: `{meta['command']}`. Random weights; parity is against eager PyTorch on 8 Fashion-MNIST "
+             "test images. Core ML numerics run only on macOS (\"not run\" here).", "",
+             "| variant | target | precision | status | seconds | MB | backend | parity |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in sorted(rows, key=lambda r: (r["variant"], r["target"])):
+        if row["cosine_min"] is not None:
+            parity = (f"cos {row['cosine_min']:.6f}, max err {row['max_abs_error']:.1e}, "
+                      f"top-1 {row['top1_agreement']:.0%}")
+        else:
+            parity = row["verification"] or ""
+        status = row["status"] if not row["error"] else f"{row['status']}: {row['error'][:120]}"
+        lines.append(f"| {row['variant']} | {row['target']} | {row['precision']} | {status} | {row['seconds']} "
+                     f"| {row['size_mb']} | {row['backend']} | {parity} |")
+    ok = sum(r["status"] == "ok" for r in rows)
+    lines += ["", f"{ok} of {len(rows)} conversions succeeded and passed verification (or were inspected, for "
+              "Core ML on Linux)."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--pattern", default="*")
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS))
+    args = parser.parse_args()
+    out = Path(args.out)
+    results = out / "convert_sweep.json"
+    previous = json.loads(results.read_text())["rows"] if results.exists() else []
+    names = edgevit.list_models(args.pattern)
+    fresh = []
+    for index, name in enumerate(names, 1):
+        start = time.perf_counter()
+        fresh += sweep_variant(name, args.targets)
+        statuses = ", ".join(f"{r['target']} {r['status']}" for r in fresh if r["variant"] == name)
+        print(f"[{index}/{len(names)}] {name}: {statuses} ({time.perf_counter() - start:.0f} s)", flush=True)
+    replaced = {(r["variant"], r["target"]) for r in fresh}
+    rows = [r for r in previous if (r["variant"], r["target"]) not in replaced] + fresh
+    meta = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+            "machine": f"x86_64, {torch.get_num_threads()} threads",
+            "command": "python benchmarks/convert_sweep.py " + " ".join(sys.argv[1:])}
+    out.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (out / "convert_sweep.md").write_text(markdown(rows, meta))
+    print(f"wrote {out / 'convert_sweep.md'}")
+    return 0 if all(r["status"] == "ok" for r in fresh) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
