@@ -67,6 +67,9 @@ def _session(artifact: Path, threads: int | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    # no busy-waiting between runs: spinning threads take the cores from whatever else the app (or a
+    # benchmark interleaving runtimes) runs next
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(artifact), options, providers=["CPUExecutionProvider"])
