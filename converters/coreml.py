@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import __version__
 from ..errors import EdgevitError
 from . import predict_all
 
@@ -222,7 +223,7 @@ def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: 
     mlmodel.author = "edgevit"
     mlmodel.short_description = (f"{variant} image classifier ({channels}x{sample.shape[-2]}x{sample.shape[-1]}, "
                                  f"{precision}), converted by edgevit")
-    mlmodel.version = _edgevit_version()
+    mlmodel.version = __version__
     meta = {"variant": variant, "precision": precision, "compute_units": compute_units,
             "minimum_target": minimum_target, "input": "image" if image_input else "tensor",
             "num_classes": str(cfg.get("num_classes", "")), "input_size": json.dumps(list(sample.shape[1:]))}
@@ -273,15 +274,6 @@ def _convert_classifier(ct, program, inputs, outputs, labels, target, compute_pr
                                  predicted_probabilities_output=PROBABILITIES_NAME)
     return ct.convert(mil, convert_to="mlprogram", classifier_config=config, minimum_deployment_target=target,
                       compute_precision=ct.precision.FLOAT32, compute_units=units, skip_model_load=True)
-
-
-def _edgevit_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("edgevit")
-    except Exception:  # noqa: BLE001 - running from a source tree
-        return "unknown"
 
 
 def _to_pixels(images: torch.Tensor | np.ndarray, mean, std) -> torch.Tensor | np.ndarray:
