@@ -128,7 +128,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     outcomes = convert(args.model, targets=args.target, out=args.out, weights=args.weights,
                        pretrained=args.pretrained, precision=args.precision, img_size=args.img_size,
                        num_classes=args.num_classes, force=args.force, verify=not args.no_verify,
-                       keep_failed=args.keep_failed, target_options=options, log=log)
+                       keep_failed=args.keep_failed, target_options=options, parallel=True, log=log)
     rows = []
     for outcome in outcomes:
         delegation = outcome.report.get("delegation") or {}

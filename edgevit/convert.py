@@ -70,11 +70,12 @@ def convert(model: str | nn.Module, targets: str | list[str] = "coreml", out: st
             weights: str | Path | None = None, pretrained: bool = False, precision: str | None = None,
             img_size: int | None = None, num_classes: int | None = None, force: bool = False,
             verify: bool = True, keep_failed: bool = False, verify_samples: int = 8,
-            target_options: dict[str, dict] | None = None, parallel: bool = True,
+            target_options: dict[str, dict] | None = None, parallel: bool = False,
             log: Callable[[str], None] = lambda message: None) -> list[Outcome]:
     """Convert a model (a variant name, or a model from `edgevit.create_model`) to each target's bundle.
 
-    With several targets and `parallel`, targets convert in worker processes, one per core.
+    With several targets and `parallel`, targets convert in worker processes, one per core (spawned: call it
+    from under `if __name__ == "__main__":` in a script, as multiprocessing requires).
     Returns one `Outcome` per target; raises `EdgevitError` only for problems that stop everything (unknown
     model or target, unreadable weights, an output directory that exists without `force`).
     """
