@@ -20,6 +20,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+import numpy as np
+
 from ..errors import EdgevitError
 
 TARGETS = ("executorch", "coreml", "tflite", "onnx")
@@ -31,10 +33,8 @@ class RuntimeUnavailable(EdgevitError):
 _EXTRAS = {"executorch": "executorch", "coreml": "coreml", "tflite": "tflite", "onnx": "onnx"}
 
 
-def predict_all(predict, images) -> "np.ndarray":
+def predict_all(predict, images) -> np.ndarray:
     """Stack one predictor's logits over a batch of (N, C, H, W) images (artifacts are static batch 1)."""
-    import numpy as np
-
     return np.stack([np.asarray(predict(image), dtype=np.float32).reshape(-1) for image in images])
 
 

@@ -38,6 +38,19 @@ def upstream_keys(source: str, name: str) -> dict:
     return {k: torch.empty(shape, device="meta") for k, shape in meta["state_dict"].items()}, meta
 
 
+def reproduce_fixture(model, path, arrays: dict, tolerance: dict, layout: str, name: str) -> torch.Tensor:
+    """Load a fixture checkpoint through layout detection, check the layout and the logits; return the features."""
+    import edgevit
+
+    report = edgevit.load_checkpoint(model, path)
+    assert report.layout == layout
+    with torch.no_grad():
+        features = model.forward_features(arrays["x"])
+        logits = model.forward_head(features)
+    assert_close(logits, arrays["logits"], tolerance, f"{name} logits")
+    return features
+
+
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: dict, what: str) -> None:
     diff = (actual - expected).abs().max().item()
     assert torch.allclose(actual, expected, atol=tolerance["atol"], rtol=tolerance["rtol"]), \

@@ -11,7 +11,7 @@ from edgevit.analysis import check_export_clean
 from edgevit.models import build_model, map_state_dict, read_state_dict, resolve_name
 from edgevit.models.crossvit import CrossAttention, CrossVit
 from edgevit.models.layers import SeparableResize
-from helpers import FIXTURES, assert_close, load_fixture, upstream_keys
+from helpers import FIXTURES, assert_close, load_fixture, reproduce_fixture, upstream_keys
 
 FIXTURE_NAMES = ("crossvit_tiny_timm", "crossvit_dagger_tiny_timm")
 VARIANT_NAMES = edgevit.list_models(family="crossvit")
@@ -31,12 +31,7 @@ def _official_keys(state_dict: dict) -> dict:
 def test_timm_fixture_reproduces_logits_and_features(name):
     hyper, path, arrays, tolerance, _ = load_fixture("timm", name)
     model = CrossVit(**hyper).eval()
-    report = edgevit.load_checkpoint(model, path)
-    assert report.layout == "timm"
-    with torch.no_grad():
-        features = model.forward_features(arrays["x"])
-        logits = model.forward_head(features)
-    assert_close(logits, arrays["logits"], tolerance, f"{name} logits")
+    features = reproduce_fixture(model, path, arrays, tolerance, "timm", name)
     assert_close(features, arrays["features"], tolerance, f"{name} features")
     assert torch.equal(model.forward_head(features, pre_logits=True), features)
 

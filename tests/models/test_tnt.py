@@ -7,7 +7,7 @@ import edgevit
 from edgevit.errors import EdgevitError
 from edgevit.models import build_model, map_state_dict
 from edgevit.models.tnt import TNT, unfold_patches
-from helpers import assert_close, load_fixture, upstream_keys
+from helpers import assert_close, load_fixture, reproduce_fixture, upstream_keys
 
 
 def tnt_from_upstream(hparams: dict) -> TNT:
@@ -29,12 +29,7 @@ def tnt_from_upstream(hparams: dict) -> TNT:
 def test_fixture_reproduces_reference_logits(source, name, layout):
     hparams, path, arrays, tolerance, _ = load_fixture(source, name)
     model = tnt_from_upstream(hparams)
-    report = edgevit.load_checkpoint(model, path)
-    assert report.layout == layout
-    with torch.no_grad():
-        features = model.forward_features(arrays["x"])
-        logits = model.forward_head(features)
-    assert_close(logits, arrays["logits"], tolerance, f"{name} logits")
+    features = reproduce_fixture(model, path, arrays, tolerance, layout, name)
     reference = arrays["features"]
     ours = features if reference.dim() == 3 else model.forward_head(features, pre_logits=True)
     assert_close(ours, reference, tolerance, f"{name} features")
