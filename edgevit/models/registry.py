@@ -130,7 +130,7 @@ def resolve_name(name: str) -> str:
     key = name.strip()
     if key.startswith("timm/"):
         key = key[len("timm/"):]
-    key = key.split(".")[0] if "." in key and key.split(".")[0] in {**_VARIANTS, **_ALIASES} else key
+    key = key.split(".")[0]  # timm's pretrained tag (".in1k", ".goog_in1k") names weights, not a variant
     if key in _VARIANTS:
         return key
     if key in _ALIASES:
