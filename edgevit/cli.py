@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -149,6 +150,27 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench, compare_markdown, load_report, markdown, write_report
+
+    if args.compare:
+        if len(args.compare) != 2 or args.items:
+            raise EdgevitError("--compare takes exactly two reports (A.json B.json) and no bundles.")
+        print(compare_markdown(load_report(args.compare[0]), load_report(args.compare[1])))
+        return 0
+    log = (lambda message: print(message, file=sys.stderr, flush=True))
+    report = bench(args.items, device=args.device, warmup=args.warmup, iters=args.iters, threads=args.threads,
+                   runners=args.runner or (), targets=args.target, baseline=not args.no_baseline,
+                   ssh_options=args.ssh_option or (), remote_dir=args.remote_dir, log=log)
+    report["command"] = args.command_line
+    paths = write_report(report, args.out)
+    print(markdown(report))
+    print(f"\nreport: {paths['markdown']} (also {', '.join(p.name for k, p in paths.items() if k != 'markdown')})",
+          file=sys.stderr)
+    broken = [m for m in report["measurements"] if m["status"] in ("failed", "partial")]
+    return 1 if broken else 0
+
+
 def _add_model_args(parser: argparse.ArgumentParser, layer_norm: bool = True) -> None:
     parser.add_argument("model", help="variant name or alias (see `edgevit list`)")
     parser.add_argument("--weights", metavar="PATH",
@@ -225,6 +247,41 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--nhwc", action="store_true", help="tflite: NHWC input, as camera pipelines deliver")
     convert.add_argument("--opset", type=int, default=20, help="onnx: opset, at least 18 [20]")
     convert.set_defaults(run=cmd_convert)
+
+    bench = commands.add_parser(
+        "bench", help="time bundles on this host, an Android phone, a Jetson board (or explain iOS)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Measure per-inference latency (mean, median, p90, p99, min, max, std, CV), load and "
+                    "first-inference time, peak memory and, on Jetson, energy per inference. On the host each "
+                    "bundle runs in its own process and bundles take turns, so their ratios survive a noisy "
+                    "machine; eager PyTorch is timed too as the baseline. Writes report.json, report.csv, "
+                    "report.md and plots to --out. A model name instead of a bundle converts it first (once, "
+                    "into ~/.cache/edgevit/bundles or $EDGEVIT_CACHE).",
+        epilog="examples:\n  edgevit bench edgevit-out/tnt_ti/executorch-fp32 edgevit-out/tnt_ti/tflite-fp32\n"
+               "  edgevit bench t2t_vit_7 --iters 100 --threads 2\n"
+               "  edgevit bench out/tnt_ti/tflite-fp32 --device android --runner ./benchmark_model\n"
+               "  edgevit bench out/tnt_ti/onnx-fp32 --device jetson:nvidia@orin.local\n"
+               "  edgevit bench --compare before/report.json after/report.json\n"
+               "runners for phones and boards: see docs/bench.md")
+    bench.add_argument("items", nargs="*", metavar="BUNDLE_OR_MODEL", help="bundle directories or model names")
+    bench.add_argument("--device", default="host",
+                       help="host, android[:SERIAL], jetson:USER@HOST[:PORT] or ios[:UDID] [default: host]")
+    bench.add_argument("--warmup", type=int, default=10, metavar="N", help="untimed inferences first [10]")
+    bench.add_argument("--iters", type=int, default=50, metavar="N", help="timed inferences per bundle [50]")
+    bench.add_argument("--threads", type=int, metavar="N", help="CPU threads per runtime [the device's cores]")
+    bench.add_argument("--runner", action="append", metavar="PATH",
+                       help="android: benchmark_model / executor_runner binary to push (repeatable); jetson: "
+                            "trtexec path on the board, or edgevit[:PYTHON] for edgevit's own runner there")
+    bench.add_argument("--target", nargs="+", metavar="TARGET",
+                       help="for model names: which targets to convert and time [what the device runs]")
+    bench.add_argument("--no-baseline", action="store_true", help="host: skip the eager PyTorch baseline")
+    bench.add_argument("--ssh-option", action="append", metavar="OPT",
+                       help="jetson: extra ssh argument, e.g. -i ~/.ssh/jetson (repeatable; give as --ssh-option=-i ...)")
+    bench.add_argument("--remote-dir", metavar="DIR",
+                       help="jetson: where bundles go on the board [default: edgevit-bench in the user's home]")
+    bench.add_argument("--out", default="edgevit-bench", help="report directory [default: edgevit-bench]")
+    bench.add_argument("--compare", nargs="+", metavar="REPORT", help="print ratios between two reports (A B)")
+    bench.set_defaults(run=cmd_bench)
     return parser
 
 
@@ -245,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_toolchains()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = "edgevit " + shlex.join(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
