@@ -160,7 +160,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     log = (lambda message: print(message, file=sys.stderr, flush=True))
     report = bench(args.items, device=args.device, warmup=args.warmup, iters=args.iters, threads=args.threads,
-                   runners=args.runner or (), targets=args.target, baseline=not args.no_baseline,
+                   runners=args.runner or (), targets=args.target, img_size=args.img_size, baseline=not args.no_baseline,
                    ssh_options=args.ssh_option or (), remote_dir=args.remote_dir, log=log)
     report["command"] = args.command_line
     paths = write_report(report, args.out)
@@ -274,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "trtexec path on the board, or edgevit[:PYTHON] for edgevit's own runner there")
     bench.add_argument("--target", nargs="+", metavar="TARGET",
                        help="for model names: which targets to convert and time [what the device runs]")
+    bench.add_argument("--img-size", type=int, metavar="N", help="for model names: input size to convert at")
     bench.add_argument("--no-baseline", action="store_true", help="host: skip the eager PyTorch baseline")
     bench.add_argument("--ssh-option", action="append", metavar="OPT",
                        help="jetson: extra ssh argument, e.g. -i ~/.ssh/jetson (repeatable; give as --ssh-option=-i ...)")

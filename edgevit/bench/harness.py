@@ -48,8 +48,10 @@ def default_cache() -> Path:
     return Path(root) / "bundles"
 
 
-def resolve_bundles(items, device: Device, targets=None, cache: str | os.PathLike | None = None, log=print) -> list:
-    """Bundles for each item: a bundle directory as is; a model name converted once into the bundle cache."""
+def resolve_bundles(items, device: Device, targets=None, cache: str | os.PathLike | None = None,
+                    img_size: int | None = None, log=print) -> list:
+    """Bundles for each item: a bundle directory as is; a model name converted once into the bundle cache
+    (random weights: latency does not depend on them), at its default input size or `img_size`."""
     from ..convert import bundle_dir, convert, DEFAULT_PRECISION
     from ..converters.bundle import read_bundle
     from ..models import resolve_name
@@ -59,6 +61,7 @@ def resolve_bundles(items, device: Device, targets=None, cache: str | os.PathLik
     runnable = DEVICE_TARGETS[device.kind]
     wanted = list(targets) if targets else [target for target in runnable if target != "coreml"] or list(runnable)
     bundles, cache = [], Path(cache) if cache else default_cache()
+    cache = cache / f"img{img_size}" if img_size else cache
     for item in items:
         path = Path(item)
         if path.exists():
@@ -72,7 +75,7 @@ def resolve_bundles(items, device: Device, targets=None, cache: str | os.PathLik
                                               / "manifest.json").is_file()]
         if missing:
             log(f"converting {variant} to {', '.join(missing)} into the bundle cache {cache} (once)")
-            failed = [o for o in convert(variant, missing, out=cache, parallel=True, log=log) if o.status != "ok"]
+            failed = [o for o in convert(variant, missing, out=cache, img_size=img_size, parallel=True, log=log) if o.status != "ok"]
             if failed:
                 raise EdgevitError(f"converting {variant} failed: " + "; ".join(f"{o.target}: {o.error}" for o in failed))
         bundles += [read_bundle(bundle_dir(cache, variant, t, DEFAULT_PRECISION.get(t, "fp32"))) for t in wanted]
@@ -126,8 +129,8 @@ def gmacs(variant: str, img_size: int | None, num_classes: int | None, in_chans:
 
 
 def bench(items, device: str = "host", warmup: int = 10, iters: int = 50, threads: int | None = None,
-          runners=(), targets=None, baseline: bool = True, cache=None, ssh_options=(), remote_dir: str | None = None,
-          chunk: int = 5, log=lambda message: None) -> dict:
+          runners=(), targets=None, img_size: int | None = None, baseline: bool = True, cache=None, ssh_options=(),
+          remote_dir: str | None = None, chunk: int = 5, log=lambda message: None) -> dict:
     """Time bundles (or models, converted first) on a device; returns the report (see `report.write_report`).
 
     On the host every bundle and the eager PyTorch baseline run in their own worker process, taking turns of
@@ -138,7 +141,7 @@ def bench(items, device: str = "host", warmup: int = 10, iters: int = 50, thread
     target_device = Device.parse(device)
     if target_device.kind == "ios":
         raise EdgevitError(IOS_MESSAGE)
-    bundles = resolve_bundles(items, target_device, targets, cache, log)
+    bundles = resolve_bundles(items, target_device, targets, cache, img_size, log)
     name = str(target_device)
 
     def skeleton(bundle, runtime):

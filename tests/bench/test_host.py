@@ -121,3 +121,14 @@ def test_unknown_items_are_named(tmp_path):
         bench([tmp_path])
     with pytest.raises(EdgevitError, match="at least one bundle"):
         bench([])
+
+
+def test_a_model_name_is_converted_once_into_the_cache(tmp_path):
+    report = bench(["t2t_vit_7"], img_size=32, targets=["onnx"], cache=tmp_path, iters=2, warmup=0, baseline=False)
+    [measurement] = report["measurements"]
+    assert measurement["status"] in ("ok", "unstable") and measurement["target"] == "onnx"
+    bundle = tmp_path / "img32" / "t2t_vit_7" / "onnx-fp32"
+    assert measurement["bundle"] == str(bundle)
+    stamp = (bundle / "manifest.json").stat().st_mtime_ns
+    bench(["t2t_vit_7"], img_size=32, targets=["onnx"], cache=tmp_path, iters=1, warmup=0, baseline=False)
+    assert (bundle / "manifest.json").stat().st_mtime_ns == stamp  # reused, not converted again
