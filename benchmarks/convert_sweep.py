@@ -56,7 +56,7 @@ def sweep_variant(name: str, targets: list[str]) -> list[dict]:
 
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"# Conversion sweep ({meta['date']}, torch {meta['torch']}, {meta['machine']})", "",
-             f"Command: `{meta['command']}`. Random weights; parity is against eager PyTorch on 8 Fashion-MNIST "
+             f"Command: `{meta['command']}` (run per variant with `--pattern NAME`; rows merge). Random weights; parity is against eager PyTorch on 8 Fashion-MNIST "
              "test images. Core ML numerics run only on macOS (\"not run\" here).", "",
              "| variant | target | precision | status | seconds | MB | backend | parity |",
              "|---|---|---|---|---|---|---|---|"]
@@ -70,8 +70,14 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append(f"| {row['variant']} | {row['target']} | {row['precision']} | {status} | {row['seconds']} "
                      f"| {row['size_mb']} | {row['backend']} | {parity} |")
     ok = sum(r["status"] == "ok" for r in rows)
-    lines += ["", f"{ok} of {len(rows)} conversions succeeded and passed verification (or were inspected, for "
-              "Core ML on Linux)."]
+    one_partition = sum(r["backend"] == "1 partition(s)" for r in rows if r["target"] == "executorch")
+    accelerated = sum(r["backend"] == "fully accelerated" for r in rows if r["target"] == "tflite")
+    cosines = [r["cosine_min"] for r in rows if r["cosine_min"] is not None]
+    variants = len({r["variant"] for r in rows})
+    lines += ["", f"**{ok} of {len(rows)} conversions ({variants} variants) succeeded** and passed verification "
+              "(or were inspected, for Core ML on Linux). ExecuTorch: "
+              f"{one_partition} of {sum(r['target'] == 'executorch' for r in rows)} in one XNNPACK partition; "
+              f"TFLite: {accelerated} fully accelerated; worst parity cosine {min(cosines):.6f}." if cosines else ""]
     return "\n".join(lines) + "\n"
 
 
@@ -95,7 +101,7 @@ def main() -> int:
     rows = [r for r in previous if (r["variant"], r["target"]) not in replaced] + fresh
     meta = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
             "machine": f"x86_64, {torch.get_num_threads()} threads",
-            "command": "python benchmarks/convert_sweep.py " + " ".join(sys.argv[1:])}
+            "command": "python benchmarks/convert_sweep.py --out benchmarks/results"}
     out.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     (out / "convert_sweep.md").write_text(markdown(rows, meta))

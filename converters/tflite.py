@@ -61,8 +61,9 @@ def toolchain_versions() -> dict:
 
 
 def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: str = "fp32",
-            nhwc: bool = False, verbose: bool = False) -> dict:
-    """Write `artifact`; `nhwc=True` gives a (1, H, W, C) input; `verbose` shows litert-torch's progress and logs."""
+            nhwc: bool = False, verbose: bool = False, quant_config=None) -> dict:
+    """Write `artifact`; `nhwc=True` gives a (1, H, W, C) input; `verbose` shows litert-torch's progress and logs;
+    `quant_config` (litert-torch's QuantConfig) for a PT2E-quantized model (edgevit.quantization)."""
     import litert_torch
 
     artifact = Path(artifact)
@@ -79,7 +80,7 @@ def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: 
     log: list[str] = []
     try:
         with _quiet(verbose, log), torch.no_grad():
-            edge = litert_torch.convert(module, (sample,))
+            edge = litert_torch.convert(module, (sample,), quant_config=quant_config)
     except Exception as exc:  # the toolchain raises anything from torch.export errors to MLIR legalization
         raise _toolchain_error(_stage_of(exc), exc, log) from exc
     try:

@@ -71,16 +71,28 @@ def convert(model: str | nn.Module, targets: str | list[str] = "coreml", out: st
             img_size: int | None = None, num_classes: int | None = None, force: bool = False,
             verify: bool = True, keep_failed: bool = False, verify_samples: int = 8,
             target_options: dict[str, dict] | None = None, parallel: bool = False,
+            quantize: str | None = None, calib: str | None = None, calib_samples: int = 256,
+            data_dir: str | None = None, float_modules: tuple[str, ...] = (),
             log: Callable[[str], None] = lambda message: None) -> list[Outcome]:
     """Convert a model (a variant name, or a model from `edgevit.create_model`) to each target's bundle.
 
     With several targets and `parallel`, targets convert in worker processes, one per core (spawned: call it
     from under `if __name__ == "__main__":` in a script, as multiprocessing requires).
+    `quantize` names a recipe (see `edgevit.quantization.RECIPES`); calibrating recipes take `calib_samples`
+    images from the train split of `calib` (fashion-mnist, cifar10, cifar100 or an ImageFolder directory).
     Returns one `Outcome` per target; raises `EdgevitError` only for problems that stop everything (unknown
     model or target, unreadable weights, an output directory that exists without `force`).
     """
     names = resolve_targets(targets)
+    if quantize and precision:
+        raise EdgevitError("--precision and --quantize are exclusive: a recipe sets the precision (use "
+                           "--precision fp16 alone for fp16).")
     precisions = {name: precision or DEFAULT_PRECISION.get(name, "fp32") for name in names}
+    plan, unquantizable = _quantization_plan(quantize, names, calib, calib_samples, data_dir, float_modules)
+    names = [name for name in names if name not in unquantizable] if len(names) > 1 else names
+    for name in names:
+        if plan:
+            precisions[name] = plan.recipe(name).precision
     if isinstance(model, str):
         model = create_model(model, pretrained=pretrained, weights=weights, num_classes=num_classes,
                              img_size=img_size)
@@ -88,6 +100,8 @@ def convert(model: str | nn.Module, targets: str | list[str] = "coreml", out: st
     destinations = {name: bundle_dir(Path(out), variant, name, precisions[name]) for name in names}
     for destination in destinations.values():
         check_destination(destination, force)  # before any slow work
+    if plan:
+        plan.load_calibration(model.pretrained_cfg, names, log)
     if _weights_source(model) == "random init":
         log("WARNING: " + RANDOM_INIT_WARNING.format(variant=variant))
     cfg = model.pretrained_cfg
@@ -100,7 +114,7 @@ def convert(model: str | nn.Module, targets: str | list[str] = "coreml", out: st
     for index, name in enumerate(names, 1):
         prefix = f"[{index}/{len(names)}] {name} {precisions[name]}"
         target = get_target(name)
-        if precisions[name] not in target.PRECISIONS:
+        if not plan and precisions[name] not in target.PRECISIONS:
             reason = f"{name} supports precision {', '.join(target.PRECISIONS)}, not {precisions[name]}"
             if len(names) == 1:
                 raise EdgevitError(reason)
@@ -111,7 +125,8 @@ def convert(model: str | nn.Module, targets: str | list[str] = "coreml", out: st
         if name == "coreml" and options.get("image_input") and labels:
             options.setdefault("labels", labels)
         jobs.append((model, name, example, destinations[name], precisions[name], options, labels, images,
-                     images_source, expected, force, keep_failed, prefix))
+                     images_source, expected, force, keep_failed, prefix, plan))
+    jobs = [Outcome(name, "-", "skipped", error=reason) for name, reason in unquantizable.items()] + jobs
     work = [job for job in jobs if not isinstance(job, Outcome)]
     workers = min(len(work), os.cpu_count() or 1) if parallel else 1
     if workers <= 1:
@@ -142,27 +157,62 @@ def _convert_in_processes(work: list[tuple], workers: int, log) -> dict[str, Out
     return done
 
 
+def _quantization_plan(quantize, names, calib, calib_samples, data_dir, float_modules):
+    """The plan, and the targets that lack the recipe (an error when it is the only target)."""
+    if not quantize:
+        return None, {}
+    from .quantization import QuantizationPlan
+
+    plan = QuantizationPlan(quantize, calib_samples=calib_samples, calib_source=calib, data_dir=data_dir,
+                            float_modules=tuple(float_modules))
+    unquantizable = {}
+    for name in names:
+        try:
+            plan.recipe(name)
+        except EdgevitError as exc:
+            if len(names) == 1:
+                raise
+            unquantizable[name] = str(exc)
+    if len(unquantizable) == len(names):
+        raise EdgevitError(f"none of the targets offers the recipe '{quantize}': "
+                           + " ".join(unquantizable.values()))
+    return plan, unquantizable
+
+
 def _convert_one(model, name, example, destination, precision, options, labels, images, images_source,
-                 expected, force, keep_failed, prefix, log) -> Outcome:
+                 expected, force, keep_failed, prefix, plan, log) -> Outcome:
     target = get_target(name)
     outcome = Outcome(target.NAME, precision, "failed")
     start = time.perf_counter()
     try:
         with staged_bundle(destination, force=force, keep_failed=keep_failed) as staging:
             artifact = staging / target.ARTIFACT
-            log(f"{prefix}: export, convert, serialize ...")
+            subject, base_precision = model, precision
             with layer_norm_form(model, target.LAYER_NORM):
-                outcome.report = target.convert(model, example, artifact, precision=precision, **options)
+                if plan:
+                    log(f"{prefix}: quantize ({plan.recipe(name).summary}) ...")
+                    subject, extra = plan.model_for(name, model, example)
+                    options, base_precision = {**options, **extra}, DEFAULT_PRECISION.get(name, "fp32")
+                log(f"{prefix}: export, convert, serialize ...")
+                outcome.report = target.convert(subject, example, artifact, precision=base_precision, **options)
+                if plan:
+                    plan.finish(name, artifact, model)
+                    outcome.report["quantization"] = plan.manifest(name)
             convert_seconds = time.perf_counter() - start
             outcome.verification = _verify(target, artifact, images, images_source, expected, precision,
                                            outcome.report, prefix, log)
+            if plan and subject is not model and images is not None and "metrics" in outcome.verification:
+                # the converter's own fidelity: the artifact against the quantized PyTorch graph it came from
+                outcome.verification["vs_quantized_graph"] = compare(reference_logits(subject, images, static_batch=True),
+                                                                     target.run(artifact, images))
             if labels:
                 (staging / LABELS).write_text("\n".join(labels) + "\n")
             outcome.size_bytes, sha256 = artifact_digest(artifact)
             outcome.seconds = time.perf_counter() - start
             failed = outcome.verification.get("status") == "failed"
             write_manifest(staging, _manifest(model, target, precision, options, outcome, sha256, labels,
-                                              convert_seconds, "failed" if failed else "ok"))
+                                              convert_seconds, "failed" if failed else "ok",
+                                              plan.manifest(name) if plan else None))
             if failed:
                 raise EdgevitError("verification failed: " + "; ".join(outcome.verification["failures"]))
         outcome.status, outcome.bundle = "ok", destination
@@ -185,6 +235,10 @@ def _verify(target, artifact, images, images_source, expected, precision, report
         status = "failed" if structural else "not run"
         return {"status": status, "reason": f"numerics not run: {exc}", "inputs": images_source,
                 "structural_failures": structural, "failures": structural}
+    except Exception as exc:  # the artifact was written but its own runtime rejects it: that is a failed check
+        failure = f"the artifact does not run in its runtime: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        return {"status": "failed", "inputs": images_source, "failures": [failure] + structural,
+                "structural_failures": structural}
     metrics = compare(expected, actual)
     verdict = judge(metrics, precision)
     failures = verdict.failures + structural
@@ -206,7 +260,8 @@ def _toolchain_versions(target) -> dict:
     return {"torch": torch.__version__, "edgevit": __version__, **target.toolchain_versions()}
 
 
-def _manifest(model, target, precision, options, outcome, sha256, labels, convert_seconds, status) -> dict:
+def _manifest(model, target, precision, options, outcome, sha256, labels, convert_seconds, status,
+              quantization: dict | None = None) -> dict:
     cfg = model.pretrained_cfg
     report = getattr(model, "load_report", None)
     channels, height, width = cfg["input_size"]
@@ -222,7 +277,7 @@ def _manifest(model, target, precision, options, outcome, sha256, labels, conver
                     "notes": report.messages if report else []},
         "target": target.NAME,
         "precision": precision,
-        "quantization": None,
+        "quantization": quantization,
         "input": {"name": _first_name(outcome.report.get("inputs"), "pixel_values"),
                   "shape": [1, height, width, channels] if nhwc else [1, channels, height, width],
                   "dtype": "uint8 image" if image_input else "float32",
@@ -235,7 +290,7 @@ def _manifest(model, target, precision, options, outcome, sha256, labels, conver
         "outputs": outcome.report.get("outputs"),
         "num_classes": cfg["num_classes"],
         "labels": LABELS if labels else None,
-        "options": {k: v for k, v in options.items() if k != "labels"},
+        "options": {k: v for k, v in options.items() if k not in ("labels", "quant_config")},
         "toolchain": _toolchain_versions(target),
         "host": {"platform": platform.platform(), "python": platform.python_version()},
         "artifact": {"file": target.ARTIFACT, "size_bytes": outcome.size_bytes, "sha256": sha256,

@@ -15,7 +15,8 @@ from .data import fashion_mnist
 from .data.transforms import smooth_images, to_model_input
 
 # precision -> (minimum cosine similarity, minimum top-1 agreement or None when not enforced)
-BUDGETS = {"fp32": (0.9999, 1.0), "fp16": (0.999, None)}
+# Quantized artifacts get a loose sanity budget here; their real budget is accuracy on held-out data (parity).
+BUDGETS = {"fp32": (0.9999, 1.0), "fp16": (0.999, None), "quantized": (0.98, None)}
 
 
 def verification_inputs(cfg: dict, count: int = 8, seed: int = 0) -> tuple[np.ndarray, str]:
@@ -30,9 +31,13 @@ def verification_inputs(cfg: dict, count: int = 8, seed: int = 0) -> tuple[np.nd
     return to_model_input(picked, cfg).numpy().astype(np.float32), source
 
 
-def reference_logits(model: nn.Module, images: np.ndarray) -> np.ndarray:
+def reference_logits(model: nn.Module, images: np.ndarray, static_batch: bool = False) -> np.ndarray:
+    """Eager logits; `static_batch` runs one image at a time (a PT2E-quantized graph is traced at batch 1)."""
+    model.eval()
     with torch.no_grad():
-        return model.eval()(torch.from_numpy(images)).float().numpy()
+        if static_batch:
+            return np.concatenate([model(torch.from_numpy(image[None])).float().numpy() for image in images])
+        return model(torch.from_numpy(images)).float().numpy()
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> dict:
@@ -54,7 +59,7 @@ class Verdict:
 
 
 def judge(metrics: dict, precision: str) -> Verdict:
-    min_cosine, min_agreement = BUDGETS.get(precision, BUDGETS["fp16"])
+    min_cosine, min_agreement = BUDGETS.get(precision, BUDGETS["quantized"])
     failures = []
     if not metrics["cosine_min"] >= min_cosine:  # also catches NaN
         failures.append(f"cosine similarity {metrics['cosine_min']:.6f} < {min_cosine} ({precision} budget)")

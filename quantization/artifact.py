@@ -1,0 +1,162 @@
+"""Recipes applied to a converted artifact by the backend's own tool: ONNX Runtime, coremltools."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edgevit.errors import EdgevitError
+
+from .islands import ALWAYS_FLOAT_TYPES
+
+PALETTE_GROUP_SIZE = 16
+
+
+def _fingerprint(array: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()
+
+
+def quantizable_weights(model: nn.Module, float_modules: Iterable[str] = ()) -> dict[str, bool]:
+    """Fingerprint of every Linear/Conv weight (and its transpose, as exporters fold it) -> may it be int8?
+
+    ONNX simplification renames initializers, so weights are matched by value, not by name. The Performer's
+    random features are a buffer, not a Linear weight, so they never qualify.
+    """
+    keep_float = tuple(float_modules)
+    verdicts = {}
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(module, (nn.Linear, nn.Conv2d)) or weight is None:
+            continue
+        inside_island = any(isinstance(parent, ALWAYS_FLOAT_TYPES) for parent_name, parent in model.named_modules()
+                            if parent_name and name.startswith(parent_name + "."))
+        kept = any(name == k or name.startswith(k + ".") for k in keep_float)
+        array = weight.detach().float().numpy()
+        for variant in (array, array.T) if array.ndim == 2 else (array,):
+            verdicts[_fingerprint(variant)] = not (inside_island or kept)
+    return verdicts
+
+
+def onnx_nodes_to_quantize(onnx_path: Path, model: nn.Module, float_modules: Iterable[str] = ()) -> list[str]:
+    """MatMul/Gemm/Conv nodes whose weight is a quantizable Linear/Conv of the model (never attention, never
+    the Performer's random features, never a module kept float)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_path)).graph
+    weights = {init.name: init for init in graph.initializer}
+    verdicts = quantizable_weights(model, float_modules)
+    chosen = []
+    for node in graph.node:
+        if node.op_type not in ("MatMul", "Gemm", "Conv"):
+            continue
+        names = [name for name in node.input[1:2] if name in weights]
+        if names and verdicts.get(_fingerprint(numpy_helper.to_array(weights[names[0]]))):
+            chosen.append(node.name)
+    return chosen
+
+
+def _untranspose_gemm_weights(path: Path) -> None:
+    """Gemm(transB=1) with a constant B -> Gemm with B stored transposed: ORT's dynamic quantizer turns Gemm into
+    MatMulInteger and drops transB, which breaks the shapes (every F.linear on 2-D input exports that way)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    weights = {init.name: init for init in model.graph.initializer}
+
+    def trans_b(node):
+        return next((a for a in node.attribute if a.name == "transB" and a.i == 1), None)
+    users: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    for name, weight in weights.items():
+        nodes = users.get(name, [])
+        if not nodes or not all(n.op_type == "Gemm" and n.input[1] == name and trans_b(n) for n in nodes):
+            continue
+        weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(weight).T), name))
+        for node in nodes:
+            node.attribute.remove(trans_b(node))
+            node.attribute.append(helper.make_attribute("transB", 0))
+    onnx.save(model, str(path))
+
+
+class _Reader:
+    """ONNX Runtime's calibration data reader protocol over NCHW float images."""
+
+    def __init__(self, input_name: str, images: Iterable[torch.Tensor]) -> None:
+        self._items = iter([{input_name: image.numpy().astype(np.float32)} for image in images])
+
+    def get_next(self):
+        return next(self._items, None)
+
+    def rewind(self):  # not needed: one calibration pass
+        pass
+
+
+def quantize_onnx(artifact: Path, recipe: str, model: nn.Module, calibration, float_modules=()) -> dict:
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    import onnx
+
+    artifact = Path(artifact)
+    nodes = onnx_nodes_to_quantize(artifact, model, float_modules)
+    if not nodes:
+        raise EdgevitError("ONNX quantization found no Linear/Conv weights to quantize in the exported graph.")
+    float_path, prepared = artifact.with_suffix(".float.onnx"), artifact.with_suffix(".pre.onnx")
+    artifact.rename(float_path)
+    try:
+        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+        _untranspose_gemm_weights(prepared)
+        if recipe == "int8":
+            input_name = onnx.load(str(prepared)).graph.input[0].name
+            quantize_static(str(prepared), str(artifact), _Reader(input_name, calibration),
+                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
+                            calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+        else:
+            # per-tensor: ORT's per-channel dynamic MatMul produces wrong-shaped scales for transposed weights
+            quantize_dynamic(str(prepared), str(artifact), per_channel=False, weight_type=QuantType.QInt8,
+                             nodes_to_quantize=nodes)
+    except Exception as exc:
+        if not artifact.exists():
+            float_path.rename(artifact)
+        raise EdgevitError(f"ONNX Runtime quantization ({recipe}) failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        for path in (float_path, prepared):
+            path.unlink(missing_ok=True)
+    return {"quantized_nodes": len(nodes)}
+
+
+def compress_coreml(artifact: Path, recipe: str) -> dict:
+    import coremltools as ct
+    import coremltools.optimize.coreml as cto
+
+    package = ct.models.MLModel(str(artifact), skip_model_load=True)
+    if recipe == "int8-weights":
+        config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int8", granularity="per_channel"))
+        compressed = cto.linear_quantize_weights(package, config)
+    else:
+        bits = int(recipe.removeprefix("palettize-").removesuffix("bit"))
+        config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(
+            mode="kmeans", nbits=bits, granularity="per_grouped_channel", group_size=PALETTE_GROUP_SIZE))
+        compressed = cto.palettize_weights(package, config)
+    compressed.save(str(artifact))
+    return {}
+
+
+def apply(recipe, artifact: Path, model: nn.Module, calibration, float_modules=()) -> dict:
+    if recipe.target == "onnx":
+        return quantize_onnx(artifact, recipe.name, model, calibration, float_modules)
+    if recipe.target == "coreml":
+        return compress_coreml(artifact, recipe.name)
+    raise EdgevitError(f"no artifact-stage quantization for {recipe.target}")

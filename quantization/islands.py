@@ -1,0 +1,56 @@
+"""Float islands: the parts of a transformer that stay float whatever the recipe.
+
+LayerNorm statistics (native, or the matmul-mean form XNNPACK delegates: its `mm` with the averaging vector must
+never be treated as a Linear), softmax and the T2T Performer's random-feature `exp` lose too much in int8 and
+gain little. Quantizers see graph nodes, not modules; `nn_module_stack` says which module a node came from.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch.nn as nn
+
+from edgevit.models.layers import LayerNorm
+
+ALWAYS_FLOAT_TYPES = (LayerNorm, nn.LayerNorm, nn.Softmax)  # everything computed inside them
+# ops written directly in these modules' own code (not in their child Linears): the T2T Performer's prm_exp runs
+# F.linear on a random-feature buffer and exp() on the result
+FLOAT_OWN_OPS = ("TokenPerformer",)
+
+
+def module_path(node) -> list[tuple[str, type | str]]:
+    """(qualified name, module type) of every module enclosing a graph node, outermost first."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return [(name, kind) for name, kind in stack.values()]
+
+
+def _type_name(kind) -> str:
+    return kind.__name__ if isinstance(kind, type) else str(kind).rsplit(".", 1)[-1].strip("'>")
+
+
+def is_always_float(node) -> bool:
+    path = [_type_name(kind) for _, kind in module_path(node)]
+    float_types = {t.__name__ for t in ALWAYS_FLOAT_TYPES}
+    return any(name in float_types for name in path) or bool(path and path[-1] in FLOAT_OWN_OPS)
+
+
+# the only ops that go to int8: their weights hold the bytes and their GEMMs the time. Quantizers would also
+# annotate add/mul/cat (residuals, LayerNorm pieces), which costs accuracy and adds conversions for no gain.
+INT8_OPS = ("aten.linear.default", "aten.conv2d.default", "aten.convolution.default", "aten.addmm.default")
+
+
+def quantizable(float_modules: Iterable[str] = ()) -> Callable:
+    """A node filter for PT2E quantizers: only Linear/Conv, never inside float islands or the named modules."""
+    keep_float = tuple(name.strip(".") for name in float_modules)
+
+    def accept(node) -> bool:
+        if str(node.target) not in INT8_OPS or is_always_float(node):
+            return False
+        names = [_clean(name) for name, _ in module_path(node)]
+        return not any(name == kept or name.startswith(kept + ".") for name in names for kept in keep_float)
+    return accept
+
+
+def _clean(name: str) -> str:
+    """nn_module_stack names look like 'L__self___blocks_0_attn' or 'blocks.0.attn' depending on the exporter."""
+    return name.removeprefix("L['self'].").removeprefix("L__self___")
