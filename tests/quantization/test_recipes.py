@@ -1,0 +1,113 @@
+"""Every quantization recipe, for real, on small models: the artifact runs in its runtime (Core ML: inspected),
+stays close to the float model, keeps the float islands float and gets smaller."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgevit.convert import convert
+from edgevit.data import fashion_mnist
+from edgevit.errors import EdgevitError
+from edgevit.models import layer_norm_form
+from edgevit.quantization import RECIPES, get_recipe
+from edgevit.quantization.islands import quantizable
+from edgevit.quantization.pt2e import calibrated
+from edgevit.quantization.recipes import xnnpack_quantizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers import TINY  # noqa: E402
+
+needs_data = pytest.mark.skipif(not fashion_mnist.available(),
+                                reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+CALIB = 16
+
+
+@pytest.fixture(scope="module")
+def float_bundles(tmp_path_factory):
+    out = tmp_path_factory.mktemp("float")
+    outcomes = convert(TINY["t2t_performer"](), targets=["executorch", "tflite", "onnx", "coreml"], out=out,
+                       verify_samples=4)
+    return {o.target: o for o in outcomes}
+
+
+@needs_data
+@pytest.mark.parametrize("target, recipe", sorted(RECIPES))
+def test_every_recipe_converts_verifies_and_shrinks(target, recipe, float_bundles, tmp_path):
+    [outcome] = convert(TINY["t2t_performer"](), targets=target, out=tmp_path, quantize=recipe,
+                        calib_samples=CALIB, verify_samples=4)
+    assert outcome.status == "ok", outcome.error
+    assert outcome.bundle.name == f"{target}-{get_recipe(target, recipe).precision}"
+    quantization = outcome.report["quantization"]
+    assert quantization["recipe"] == recipe
+    if get_recipe(target, recipe).calibration:
+        assert quantization["calibration"]["source"] == "fashion-mnist/train"
+        assert quantization["calibration"]["samples"] == CALIB
+    if "int8_linear" in quantization:  # graph recipes: Linear/Conv in int8, the Performer's features float
+        assert quantization["int8_linear"] > 0 and quantization["float_linear"] >= 2
+    if target == "coreml":
+        assert outcome.verification["status"] == "not run"
+    else:
+        metrics = outcome.verification["metrics"]
+        assert metrics["cosine_min"] > 0.98, metrics
+    if target == "executorch":
+        assert outcome.report["delegation"]["partitions"] == 1
+        assert outcome.report["delegation"]["undelegated_compute_ops"] == 0
+    if "vs_quantized_graph" in outcome.verification:  # the runtime computes what the quantized graph computes
+        assert outcome.verification["vs_quantized_graph"]["cosine_min"] > 0.999
+    float_bytes = float_bundles[target].size_bytes * (2 if target == "coreml" else 1)  # Core ML's float is fp16
+    assert outcome.size_bytes < 0.65 * float_bytes  # per-channel scales weigh on a model this small
+
+
+def test_layer_norm_statistics_and_performer_features_are_never_annotated():
+    model = TINY["t2t_performer"]().eval()
+    x = torch.randn(1, *model.pretrained_cfg["input_size"])
+    with layer_norm_form(model, "matmul"):
+        graph = torch.export.export(model, (x,), strict=False).module()
+    accept = quantizable(float_modules=["blocks.1"])
+    decisions = {}
+    for node in graph.graph.nodes:
+        if node.op == "call_function":
+            stack = [kind for _, kind in (node.meta.get("nn_module_stack") or {}).values()]
+            owner = str(stack[-1]) if stack else ""
+            names = [name for name, _ in (node.meta.get("nn_module_stack") or {}).values()]
+            decisions.setdefault((str(node.target), owner.rsplit(".", 1)[-1].strip("'>"), "blocks.1" in
+                                  " ".join(names) or "blocks_1" in " ".join(names)), set()).add(accept(node))
+    assert decisions[("aten.mm.default", "LayerNorm", False)] == {False}  # the averaging matmuls
+    assert decisions[("aten.linear.default", "TokenPerformer", False)] == {False}  # prm_exp's random features
+    assert decisions[("aten.linear.default", "Linear", False)] == {True}
+    assert decisions[("aten.linear.default", "Linear", True)] == {False}  # kept float on request
+    assert not any(True in accepted for (op, _, _), accepted in decisions.items()
+                   if op in ("aten.add.Tensor", "aten.mul.Tensor", "aten.bmm.default", "aten._softmax.default"))
+
+
+@needs_data
+def test_the_quantized_graph_stays_close_to_float():
+    model = TINY["tnt"]().eval()
+    x = torch.randn(1, *model.pretrained_cfg["input_size"])
+    images = [torch.randn(1, *model.pretrained_cfg["input_size"]) for _ in range(8)]
+    with layer_norm_form(model, "matmul"):
+        quantized = calibrated(model, x, xnnpack_quantizer(dynamic=False), images, "executorch int8")
+        cosine = torch.nn.functional.cosine_similarity(model(x), quantized(x)).item()
+    assert cosine > 0.99 and quantized.family == model.family
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"targets": "executorch", "quantize": "w8a8"}, "no quantization recipe 'w8a8'.*It offers: int8"),
+    ({"targets": "coreml", "quantize": "fp16"}, "fp16 is a precision, not a recipe"),
+    ({"targets": "onnx", "quantize": "int8", "precision": "fp16"}, "--precision and --quantize are exclusive"),
+    ({"targets": "onnx", "quantize": "int8", "calib_samples": 2}, "too few"),
+    ({"targets": "onnx", "quantize": "int8", "calib": "/nowhere"}, "nowhere"),
+])
+def test_bad_quantization_requests_fail_before_converting(kwargs, message, tmp_path):
+    with pytest.raises(EdgevitError, match=message):
+        convert(TINY["t2t_performer"](), out=tmp_path, **kwargs)
+    assert not any(tmp_path.rglob("manifest.json"))
+
+
+@needs_data
+def test_all_targets_with_a_recipe_some_lack_skips_those_and_says_so(tmp_path):
+    outcomes = {o.target: o for o in convert(TINY["t2t_performer"](), targets=["onnx", "coreml"], out=tmp_path,
+                                             quantize="dynamic-int8", verify_samples=2)}
+    assert outcomes["onnx"].status == "ok"
+    assert outcomes["coreml"].status == "skipped" and "It offers: w8a8" in outcomes["coreml"].error
