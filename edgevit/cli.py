@@ -129,7 +129,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     outcomes = convert(args.model, targets=args.target, out=args.out, weights=args.weights,
                        pretrained=args.pretrained, precision=args.precision, img_size=args.img_size,
                        num_classes=args.num_classes, force=args.force, verify=not args.no_verify,
-                       keep_failed=args.keep_failed, target_options=options, parallel=True, log=log)
+                       keep_failed=args.keep_failed, target_options=options, parallel=True,
+                       quantize=args.quantize, calib=args.calib, calib_samples=args.calib_samples,
+                       data_dir=args.data_dir, float_modules=tuple(args.keep_float or ()), log=log)
     rows = []
     for outcome in outcomes:
         delegation = outcome.report.get("delegation") or {}
@@ -148,6 +150,73 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if failed:
         print(f"\n{len(failed)} conversion(s) failed; see the messages above.", file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    log = (lambda message: print(message, file=sys.stderr, flush=True))
+    result = train(args.model, data=args.data, data_dir=args.data_dir, img_size=args.img_size, in_chans=args.in_chans,
+                   epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                   label_smoothing=args.label_smoothing, device=args.device, seed=args.seed,
+                   train_samples=args.train_samples, eval_samples=args.eval_samples,
+                   augment=False if args.no_augment else None, out=args.out, resume=args.resume, force=args.force,
+                   log=log)
+    metrics = result.metrics
+    rows = [[e["epoch"], f"{e['train_loss']:.4f}", f"{e['test_loss']:.4f}", f"{e['top1']:.2f}", f"{e['top5']:.2f}",
+             f"{e['lr']:.2e}", f"{e['seconds']:.1f}"] for e in metrics["epochs"]]
+    print()
+    _print_table(rows, ["epoch", "train loss", "test loss", "top-1 %", "top-5 %", "lr", "seconds"])
+    best, data = metrics["best"], metrics["data"]
+    print(f"\n{metrics['model']} on {data['train']} ({data['train_samples']} images), tested on {data['test']} "
+          f"({data['test_samples']}), {' x '.join(map(str, data['input_size']))} input, {metrics['device']}, "
+          f"{metrics['seconds']:.0f} s")
+    if best:
+        print(f"best: epoch {best['epoch']}, top-1 {best['top1']:.2f}%, top-5 {best['top5']:.2f}% -> "
+              f"{result.checkpoint}")
+    print(f"metrics: {result.out / 'metrics.json'}; resume with --resume --out {result.out}")
+    print(f"convert: edgevit convert {metrics['model']} --weights {result.checkpoint} --target tflite")
+    return 0
+
+
+def cmd_qat(args: argparse.Namespace) -> int:
+    from .quantization.qat import qat, summary
+
+    log = (lambda message: print(message, file=sys.stderr, flush=True))
+    result = qat(args.model, args.weights, args.target, data=args.data, data_dir=args.data_dir, epochs=args.epochs,
+                 lr=args.lr, batch_size=args.batch_size, train_samples=args.train_samples,
+                 eval_samples=args.eval_samples, seed=args.seed, device=args.device, out=args.out, force=args.force,
+                 float_modules=tuple(args.keep_float or ()), log=log)
+    rows = [[e["epoch"], f"{e['train_loss']:.4f}", f"{e['test_loss']:.4f}", f"{e['top1']:.2f}", f"{e['top5']:.2f}",
+             f"{e['seconds']:.1f}"] for e in result.metrics["metrics"]["epochs"]]
+    print()
+    _print_table(rows, ["epoch", "train loss", "int8 test loss", "int8 top-1 %", "int8 top-5 %", "seconds"])
+    print(f"\n{summary(result.metrics)} -> {result.checkpoint}")
+    print(f"convert: edgevit convert {result.metrics['model']} --weights {result.checkpoint} --target {args.target}")
+    return 0
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    from .parity import COLUMNS, parity, table_rows
+
+    log = (lambda message: print(message, file=sys.stderr, flush=True))
+    report = parity(args.model, args.weights, data=args.data, targets=args.targets, recipes=args.quantize or (),
+                    precisions=args.precisions, data_dir=args.data_dir, calib_samples=args.calib_samples,
+                    eval_samples=args.eval_samples, out=args.out, max_drop=args.max_drop, threads=args.threads,
+                    log=log)
+    print()
+    _print_table(table_rows(report), COLUMNS)
+    print(f"\n{report.eval_images} images of {report.data}; report: {report.out / 'parity.md'} (and parity.json)")
+    for row in report.rows:
+        if row.get("attempts") and row["status"] == "ok":
+            print(f"{row['target']} {row['precision']}: kept float to fit the budget: {', '.join(row['float_layers'])}")
+    for line in report.failures:
+        print(f"edgevit: budget broken: {line}", file=sys.stderr)
+    for row in report.rows:
+        if row.get("worst_layers"):
+            print(f"  worst layers of {row['target']} {row['precision']} (SNR with only that layer in int8): "
+                  + ", ".join(f"{name} {snr:.1f} dB" for name, snr in row["worst_layers"]), file=sys.stderr)
+    return 0 if report.passed else 1
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -188,6 +257,8 @@ def _add_model_args(parser: argparse.ArgumentParser, layer_norm: bool = True) ->
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .converters import TARGETS
+    from .quantization.recipes import recipes_for
 
     parser = argparse.ArgumentParser(
         prog="edgevit", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -225,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "atomically. Each artifact is run in its own runtime and compared with PyTorch (Core ML "
                     "runs only on macOS; on Linux its package is inspected instead).",
         epilog="examples:\n  edgevit convert tnt_ti --target coreml\n"
+               "  edgevit convert tnt_ti --weights runs/tnt_ti/best.pt --target executorch --quantize int8\n"
                "  edgevit convert nest_tiny_jx --pretrained --target all\n"
                "  edgevit convert t2t_vit_7 --weights 71.7_T2T_ViT_7.pth.tar --target tflite --nhwc")
     _add_model_args(convert, layer_norm=False)
@@ -246,7 +318,125 @@ def build_parser() -> argparse.ArgumentParser:
                          help="coreml: compute units [ALL]")
     convert.add_argument("--nhwc", action="store_true", help="tflite: NHWC input, as camera pipelines deliver")
     convert.add_argument("--opset", type=int, default=20, help="onnx: opset, at least 18 [20]")
+    quantizing = convert.add_argument_group(
+        "quantization", "int8 and compressed bundles (TARGET-RECIPE). Recipes: " + "; ".join(
+            f"{target}: {', '.join(r.name for r in recipes_for(target))}" for target in TARGETS)
+        + ". LayerNorm, softmax, GELU, attention matmuls, residual adds and the T2T Performer stay float.")
+    quantizing.add_argument("--quantize", metavar="RECIPE", help="quantization recipe (see above)")
+    quantizing.add_argument("--calib", metavar="DATA",
+                            help="calibration images from the train split: fashion-mnist, cifar10, cifar100 or an "
+                                 "ImageFolder directory [fashion-mnist]")
+    quantizing.add_argument("--calib-samples", type=int, default=256, metavar="N",
+                            help="calibration images, class-balanced [256]")
+    quantizing.add_argument("--data-dir", metavar="DIR", help="where --calib's files are [the source's default place]")
+    quantizing.add_argument("--keep-float", action="append", metavar="MODULE",
+                            help="keep this module (e.g. blocks.0.mlp.fc2) in float; repeatable")
     convert.set_defaults(run=cmd_convert)
+
+    training = commands.add_parser(
+        "train", help="train a float reference model on Fashion-MNIST (or CIFAR, an ImageFolder) at a small size",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a variant from scratch at a small input size (its patch geometry adapted below a "
+                    "quarter of its native size), with AdamW, warm-up + cosine, label smoothing and light "
+                    "augmentation (random crop; horizontal flip except on Fashion-MNIST). Evaluates top-1/top-5 on "
+                    "the test split after each epoch and writes OUT/best.pt, OUT/last.pt and OUT/metrics.json. "
+                    "best.pt carries the architecture and preprocessing: pass it to --weights of convert/info/export "
+                    "without repeating --img-size or --in-chans.",
+        epilog="examples:\n  edgevit train tnt_ti --data fashion-mnist --epochs 10\n"
+               "  edgevit train nest_tiny --in-chans 3 --epochs 20 --out runs/nest3\n"
+               "  edgevit train nest_tiny --out runs/nest3 --epochs 30 --resume\n"
+               "  edgevit convert tnt_ti --weights runs/tnt_ti/best.pt --target tflite")
+    training.add_argument("model", help="variant name or alias (see `edgevit list`)")
+    training.add_argument("--data", help="fashion-mnist, cifar10, cifar100 or an ImageFolder directory [fashion-mnist]")
+    training.add_argument("--data-dir", metavar="DIR", help="where the data files are [the source's default place]")
+    training.add_argument("--img-size", type=int, metavar="N", help="input size [32]")
+    training.add_argument("--in-chans", type=int, choices=[1, 3], help="input channels [the data's]")
+    training.add_argument("--epochs", type=int, metavar="N", help="epochs (with --resume: may extend the run) [10]")
+    training.add_argument("--batch-size", type=int, metavar="N", help="batch size [128]")
+    training.add_argument("--lr", type=float, help="peak AdamW learning rate [1e-3]")
+    training.add_argument("--weight-decay", type=float, help="AdamW weight decay [0.05]")
+    training.add_argument("--label-smoothing", type=float, help="label smoothing [0.1]")
+    training.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N [auto]")
+    training.add_argument("--seed", type=int, help="seed of init, shuffling and augmentation [0]")
+    training.add_argument("--train-samples", type=int, metavar="N", help="train on a class-balanced N images [all]")
+    training.add_argument("--eval-samples", type=int, metavar="N", help="test on a class-balanced N images [all]")
+    training.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+    training.add_argument("--out", metavar="DIR", help="run directory [runs/MODEL]")
+    training.add_argument("--resume", action="store_true",
+                          help="continue OUT/last.pt with its optimizer, schedule, epoch and RNG state")
+    training.add_argument("--force", action="store_true", help="start over in an OUT that holds a run")
+    training.set_defaults(run=cmd_train)
+
+    qat_parser = commands.add_parser(
+        "qat", help="quantization-aware fine-tuning of a trained float model for one target's int8",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Fine-tune the float model of `edgevit train` with the target's int8 fake-quant (PT2E QAT: "
+                    "XNNPACK's quantizer for executorch, XNNPACK's with symmetric activations for onnx QDQ, "
+                    "litert-torch's for tflite, CoreMLQuantizer for coreml), LayerNorm, softmax, GELU, attention "
+                    "and the T2T Performer kept float, in the target's LayerNorm form. Reports test top-1 of the "
+                    "float model, of int8 with calibrated ranges and after each QAT epoch, and writes OUT/qat.pt "
+                    "(fine-tuned float weights + fake-quant state + metadata) and OUT/metrics.json. Convert it with "
+                    "`edgevit convert MODEL --weights OUT/qat.pt --target TARGET` (bundle TARGET-qat-int8).",
+        epilog="examples:\n  edgevit qat t2t_vit_7 --weights runs/t2t_vit_7/best.pt --target tflite\n"
+               "  edgevit qat tnt_ti --weights runs/tnt_ti/best.pt --target executorch --epochs 3 --lr 5e-5\n"
+               "  edgevit convert t2t_vit_7 --weights runs/t2t_vit_7/qat-tflite/qat.pt --target tflite")
+    qat_parser.add_argument("model", help="variant name or alias (see `edgevit list`)")
+    qat_parser.add_argument("--weights", required=True, metavar="PATH",
+                            help="the float checkpoint of `edgevit train` (runs/MODEL/best.pt)")
+    qat_parser.add_argument("--target", required=True, choices=list(TARGETS),
+                            help="whose int8 quantizer and LayerNorm form to train for")
+    qat_parser.add_argument("--data", help="fashion-mnist, cifar10, cifar100 or an ImageFolder directory "
+                                           "[what the float model was trained on]")
+    qat_parser.add_argument("--data-dir", metavar="DIR", help="where the data files are [the source's default place]")
+    qat_parser.add_argument("--epochs", type=int, metavar="N", help="QAT epochs [2]")
+    qat_parser.add_argument("--lr", type=float, help="peak AdamW learning rate [1e-4]")
+    qat_parser.add_argument("--batch-size", type=int, metavar="N", help="batch size [64]")
+    qat_parser.add_argument("--train-samples", type=int, metavar="N", help="fine-tune on a class-balanced N images [all]")
+    qat_parser.add_argument("--eval-samples", type=int, metavar="N", help="test on a class-balanced N images [all]")
+    qat_parser.add_argument("--seed", type=int, help="seed of shuffling, augmentation and calibration [0]")
+    qat_parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N [auto]")
+    qat_parser.add_argument("--keep-float", action="append", metavar="MODULE",
+                            help="keep this module (e.g. blocks.0.mlp.fc2) in float; repeatable")
+    qat_parser.add_argument("--out", metavar="DIR", help="output directory [the weights' folder/qat-TARGET]")
+    qat_parser.add_argument("--force", action="store_true", help="replace an existing OUT/qat.pt")
+    qat_parser.set_defaults(run=cmd_qat)
+
+    checking = commands.add_parser(
+        "parity", help="score float and converted bundles on held-out data; enforce accuracy budgets",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Convert trained float weights to every requested bundle and score the float model and each "
+                    "artifact, in its own runtime, on the test split: top-1, top-5, drop vs float, agreement, "
+                    "logit cosine and SNR, size, latency. Budgets: fp32 100% top-1 agreement, fp16 drop <= 0.1 "
+                    "pt, int8 PTQ <= 0.5 pt, QAT <= 0.2 pt; a broken budget exits 1 and names the most "
+                    "int8-sensitive layers. Writes OUT/parity.md, OUT/parity.json and BUNDLE/parity.json (shown "
+                    "by edgevit bench).",
+        epilog="examples:\n  edgevit parity t2t_vit_7 --weights runs/t2t_vit_7/best.pt --targets onnx tflite "
+               "--quantize int8\n  edgevit parity t2t_vit_7 --weights runs/t2t_vit_7/best.pt --targets executorch "
+               "--precisions --quantize int8 --max-drop 0.3\n  edgevit parity tnt_ti --weights best.pt --targets "
+               "onnx tflite --precisions fp32 fp16 --quantize onnx:int8 tflite:dynamic-int8")
+    checking.add_argument("model", help="variant name or alias (see `edgevit list`)")
+    checking.add_argument("--weights", metavar="PATH", help="trained float checkpoint (edgevit train)")
+    checking.add_argument("--data", default="fashion-mnist",
+                          help="fashion-mnist, cifar10, cifar100 or an ImageFolder directory [fashion-mnist]")
+    checking.add_argument("--data-dir", metavar="DIR", help="where the data files are [the source's default place]")
+    checking.add_argument("--targets", nargs="+", default=["onnx"], metavar="TARGET",
+                          help="executorch, coreml, tflite, onnx, or all [onnx]")
+    checking.add_argument("--precisions", nargs="*", metavar="PRECISION",
+                          help="fp32, fp16 or TARGET:PRECISION; none: only the --quantize recipes "
+                               "[each target's default: fp32, coreml fp16]")
+    checking.add_argument("--quantize", nargs="+", metavar="RECIPE",
+                          help="recipes for every target offering them, or TARGET:RECIPE (see edgevit convert)")
+    checking.add_argument("--calib-samples", type=int, default=256, metavar="N",
+                          help="calibration images from the train split [256]")
+    checking.add_argument("--eval-samples", type=int, metavar="N",
+                          help="score a class-balanced N test images [the whole test split]")
+    checking.add_argument("--max-drop", type=float, metavar="PTS",
+                          help="quantized budget in top-1 points (tightens 0.5/0.2); over it, keep the most "
+                               "sensitive 1, 2, 4, ... layers float until the drop fits")
+    checking.add_argument("--threads", type=int, metavar="N", help="runtime threads [the runtime's default]")
+    checking.add_argument("--out", default="edgevit-parity", help="report directory; bundles in OUT/bundles "
+                                                                   "[edgevit-parity]")
+    checking.set_defaults(run=cmd_parity)
 
     bench = commands.add_parser(
         "bench", help="time bundles on this host, an Android phone, a Jetson board (or explain iOS)",

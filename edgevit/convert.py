@@ -88,7 +88,8 @@ def convert(model: str | nn.Module, targets: str | list[str] = "coreml", out: st
         raise EdgevitError("--precision and --quantize are exclusive: a recipe sets the precision (use "
                            "--precision fp16 alone for fp16).")
     precisions = {name: precision or DEFAULT_PRECISION.get(name, "fp32") for name in names}
-    plan, unquantizable = _quantization_plan(quantize, names, calib, calib_samples, data_dir, float_modules)
+    plan, unquantizable = _quantization_plan(quantize, names, calib, calib_samples, data_dir, float_modules,
+                                             weights if isinstance(model, str) else None, precision)
     names = [name for name in names if name not in unquantizable] if len(names) > 1 else names
     for name in names:
         if plan:
@@ -157,14 +158,19 @@ def _convert_in_processes(work: list[tuple], workers: int, log) -> dict[str, Out
     return done
 
 
-def _quantization_plan(quantize, names, calib, calib_samples, data_dir, float_modules):
-    """The plan, and the targets that lack the recipe (an error when it is the only target)."""
-    if not quantize:
+def _quantization_plan(quantize, names, calib, calib_samples, data_dir, float_modules, weights=None,
+                       precision=None):
+    """The plan, and the targets that lack the recipe (an error when it is the only target). A qat.pt of
+    `edgevit qat` as weights brings its own plan (recipe qat-int8, its trained fake-quant state)."""
+    if not quantize and weights is None:
         return None, {}
     from .quantization import QuantizationPlan
 
-    plan = QuantizationPlan(quantize, calib_samples=calib_samples, calib_source=calib, data_dir=data_dir,
-                            float_modules=tuple(float_modules))
+    plan = QuantizationPlan.from_qat(weights, quantize, precision)
+    if plan is None and not quantize:
+        return None, {}
+    plan = plan or QuantizationPlan(quantize, calib_samples=calib_samples, calib_source=calib, data_dir=data_dir,
+                                    float_modules=tuple(float_modules))
     unquantizable = {}
     for name in names:
         try:
@@ -174,7 +180,7 @@ def _quantization_plan(quantize, names, calib, calib_samples, data_dir, float_mo
                 raise
             unquantizable[name] = str(exc)
     if len(unquantizable) == len(names):
-        raise EdgevitError(f"none of the targets offers the recipe '{quantize}': "
+        raise EdgevitError(f"none of the targets offers the recipe '{plan.recipe_name}': "
                            + " ".join(unquantizable.values()))
     return plan, unquantizable
 

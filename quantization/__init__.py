@@ -35,6 +35,25 @@ class QuantizationPlan:
     calibration: list[torch.Tensor] | None = None   # (1, C, H, W) inputs from the train split, once loaded
     calibration_source: str | None = None
     reports: dict = field(default_factory=dict)
+    qat_path: Path | None = None   # a qat.pt of `edgevit qat`: the plan rebuilds its QAT graph (recipe qat-int8)
+    qat_metadata: dict | None = None
+
+    @classmethod
+    def from_qat(cls, weights, quantize: str | None = None, precision: str | None = None):
+        """The plan for a qat.pt (None when `weights` is another checkpoint and qat-int8 was not asked for)."""
+        from .qat import QAT_RECIPE, read_qat
+
+        metadata = read_qat(weights)
+        if metadata is None:
+            if quantize == QAT_RECIPE:
+                raise EdgevitError(f"--quantize {QAT_RECIPE} converts the output of `edgevit qat`: pass its qat.pt as "
+                                   f"--weights (got {weights or 'no weights'}).")
+            return None
+        if quantize not in (None, QAT_RECIPE) or precision:
+            raise EdgevitError(f"{weights} is quantization-aware trained: it converts to its own int8 model only; "
+                               f"drop --quantize {quantize or ''} / --precision {precision or ''}.")
+        return cls(QAT_RECIPE, float_modules=tuple(metadata["qat"].get("float_modules") or ()),
+                   qat_path=Path(weights), qat_metadata=metadata)
 
     def load_calibration(self, cfg: dict, targets, log=lambda message: None) -> None:
         """Calibration images from the train split (never the images verification or parity evaluate on)."""
@@ -57,6 +76,9 @@ class QuantizationPlan:
         self.calibration_source = images.name
 
     def recipe(self, target: str) -> Recipe:
+        if self.qat_metadata:
+            from .qat import recipe_for
+            return recipe_for(self.qat_metadata, target, self.qat_path)
         return get_recipe(target, self.recipe_name)
 
     def check_calibration(self, target: str) -> None:
@@ -76,6 +98,14 @@ class QuantizationPlan:
         options = dict(recipe.converter_options)
         if recipe.stage != "graph":
             return model, options
+        if self.qat_metadata:
+            from .qat import load_qat_state, rebuild
+            quantized = rebuild(model, example, target, load_qat_state(self.qat_path), self.float_modules,
+                                origin=str(self.qat_path))
+            if target == "tflite":
+                options["quant_config"] = litert_quant_config(dynamic=False)
+            self.reports[target] = quantized_linear_count(quantized)
+            return quantized, options
         quantizer = GRAPH_QUANTIZERS[(target, recipe.name)]()
         quantized = calibrated(model, example, quantizer, self.calibration if recipe.calibration else None,
                                f"{target} {recipe.name}", self.float_modules,
@@ -100,4 +130,10 @@ class QuantizationPlan:
                                 if recipe.calibration else None),
                 "kept_float": ["LayerNorm (both forms)", "softmax", "GELU", "attention matmuls", "residual adds",
                                "T2T Performer random features"] + [f"module {m}" for m in self.float_modules],
-                **self.reports.get(target, {})}
+                **self.reports.get(target, {}), **self._qat_manifest()}
+
+    def _qat_manifest(self) -> dict:
+        if not self.qat_metadata:
+            return {}
+        from .qat import manifest_entry
+        return manifest_entry(self.qat_metadata, self.qat_path)

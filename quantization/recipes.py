@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from edgevit.errors import EdgevitError
 
 
@@ -30,6 +28,8 @@ class Recipe:
 
 
 def _linear_and_conv(quantizer, config):
+    import torch
+
     for op in (torch.ops.aten.linear.default, torch.ops.aten.conv2d.default):
         quantizer.set_operator_type(op, config)
     return quantizer
@@ -61,6 +61,7 @@ def litert_quant_config(dynamic: bool):
 
 
 def coreml_quantizer():
+    import torch
     from coremltools.optimize.torch.quantization.quantization_config import (
         LinearQuantizerConfig, ModuleLinearQuantizerConfig)
     from executorch.backends.apple.coreml.quantizer import CoreMLQuantizer

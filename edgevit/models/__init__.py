@@ -2,10 +2,11 @@
 from .checkpoint import KeyLayout, LoadReport, load_checkpoint, map_state_dict, read_state_dict
 from .factory import build_model, create_model
 from .layers import LayerNorm, layer_norm_form, set_layer_norm_form
-from .registry import PretrainedCfg, Variant, families, get_variant, list_models, resolve_name
+from .registry import (PretrainedCfg, Variant, families, get_variant, is_small_input, list_models, resolve_name,
+                       small_input_arch, variant_with)
 
 __all__ = [
     "KeyLayout", "LayerNorm", "LoadReport", "PretrainedCfg", "Variant", "build_model", "create_model", "families",
-    "get_variant", "layer_norm_form", "list_models", "load_checkpoint", "map_state_dict", "read_state_dict", "resolve_name",
-    "set_layer_norm_form",
+    "get_variant", "is_small_input", "layer_norm_form", "list_models", "load_checkpoint", "map_state_dict",
+    "read_state_dict", "resolve_name", "set_layer_norm_form", "small_input_arch", "variant_with",
 ]

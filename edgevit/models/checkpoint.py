@@ -54,6 +54,7 @@ class LoadReport:
     container: str | None  # which entry of the file held the weights
     layout: str
     messages: list[str] = field(default_factory=list)
+    metadata: dict | None = None  # an `edgevit train` checkpoint's metadata entry
 
     def to_dict(self) -> dict:
         return {"path": self.path, "sha256": self.sha256, "container": self.container, "layout": self.layout,
@@ -70,13 +71,24 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 def read_state_dict(path: str | os.PathLike) -> tuple[StateDict, str | None]:
     """The tensors of a checkpoint file and the container key they came from (None for a bare state_dict)."""
+    state_dict, container, _ = read_checkpoint(path)
+    return state_dict, container
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, str | None, dict | None]:
+    """`read_state_dict` plus the file's edgevit training metadata (`METADATA_KEY`), None when it has none."""
     path = Path(path)
     if not path.is_file():
         raise EdgevitError(f"checkpoint not found: {path}")
     if path.name.endswith(".safetensors"):
         try:
+            from safetensors import safe_open
             from safetensors.torch import load_file
-            return load_file(str(path)), None
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = _metadata_from_safetensors(handle.metadata())
+            return load_file(str(path)), None, metadata
+        except EdgevitError:
+            raise
         except Exception as exc:  # safetensors raises its own error types for corrupt headers
             raise EdgevitError(f"could not read {path} as safetensors ({exc}); the file may be truncated or "
                                "not a safetensors file. Download it again.") from None
@@ -92,7 +104,95 @@ def read_state_dict(path: str | os.PathLike) -> tuple[StateDict, str | None]:
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise EdgevitError(f"could not read checkpoint {path}: {exc}. The file may be truncated or corrupt; "
                            "download it again.") from None
-    return unwrap_state_dict(obj, path)
+    return (*unwrap_state_dict(obj, path), training_metadata(obj))
+
+
+# --- edgevit's own training checkpoints ------------------------------------------------------------------------
+# `edgevit train` saves {"state_dict": <edgevit layout>, "edgevit": {...}}; the metadata entry lets
+# `create_model(name, weights=...)` rebuild the trained architecture and preprocessing without repeating them:
+#   format 1, variant, family, arch_overrides (constructor arguments that differ from the registered variant,
+#   img_size / in_chans / num_classes and any small-input patch geometry), arch (all of them), img_size,
+#   in_chans, num_classes, mean, std, interpolation, crop_pct, labels (a known label set or None),
+#   class_names, data, epoch, metrics, seed.
+METADATA_KEY = "edgevit"
+
+
+def _as_tuples(value):
+    """Lists back to tuples (JSON and safetensors metadata have no tuples; the constructors expect them)."""
+    if isinstance(value, list):
+        return tuple(_as_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _as_tuples(v) for k, v in value.items()}
+    return value
+
+
+def training_metadata(obj) -> dict | None:
+    """The edgevit metadata entry of a loaded checkpoint object, or None."""
+    if isinstance(obj, Mapping) and isinstance(obj.get(METADATA_KEY), Mapping):
+        return dict(obj[METADATA_KEY])
+    return None
+
+
+def _metadata_from_safetensors(header: Mapping[str, str] | None) -> dict | None:
+    import json
+
+    if not header or METADATA_KEY not in header:
+        return None
+    try:
+        metadata = json.loads(header[METADATA_KEY])
+    except ValueError:
+        return None
+    if not isinstance(metadata, dict):
+        return None
+    metadata["arch_overrides"] = _as_tuples(metadata.get("arch_overrides") or {})
+    return metadata
+
+
+def read_metadata(path: str | os.PathLike) -> dict | None:
+    """The edgevit metadata of a checkpoint file without reading its tensors (None when there is none).
+
+    A file that cannot be read here returns None; `load_checkpoint` reports the problem when it reads it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        if path.name.endswith(".safetensors"):
+            from safetensors import safe_open
+            with safe_open(str(path), framework="pt") as handle:
+                return _metadata_from_safetensors(handle.metadata())
+        with torch.serialization.safe_globals(SAFE_PICKLE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors stay on disk
+    except Exception:  # noqa: BLE001 - legacy (non-zip) files cannot be mapped; they hold no metadata anyway
+        return None
+    return training_metadata(obj)
+
+
+def apply_metadata_cfg(model: nn.Module, metadata: dict) -> None:
+    """The preprocessing and labels a training run recorded, onto `model.pretrained_cfg` where they fit the model."""
+    cfg = dict(model.pretrained_cfg)
+    channels = cfg["input_size"][0]
+    if len(metadata.get("mean") or ()) == channels and len(metadata.get("std") or ()) == channels:
+        cfg["mean"], cfg["std"] = list(metadata["mean"]), list(metadata["std"])
+    for key in ("interpolation", "crop_pct"):
+        if metadata.get(key) is not None:
+            cfg[key] = metadata[key]
+    if metadata.get("num_classes") == cfg["num_classes"]:
+        cfg["labels"] = metadata.get("labels")
+        if metadata.get("class_names"):
+            cfg["class_names"] = list(metadata["class_names"])
+    cfg["url"] = cfg["hf_hub_id"] = None
+    cfg["source"] = f"edgevit train on {metadata.get('data', '?')}"
+    model.pretrained_cfg = model.default_cfg = cfg
+
+
+def _trained_hint(metadata: dict | None, path) -> str:
+    if not metadata:
+        return ""
+    overrides = ", ".join(f"{k}={v}" for k, v in (metadata.get("arch_overrides") or {}).items())
+    return (f"\n  {path} was written by `edgevit train` for {metadata.get('variant')} ({overrides}): build it with "
+            f"edgevit.create_model({metadata.get('variant')!r}, weights=...), which reads that architecture from "
+            f"the file.")
 
 
 def unwrap_state_dict(obj, origin: str | os.PathLike = "checkpoint") -> tuple[StateDict, str | None]:
@@ -190,17 +290,29 @@ def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping[st
 
     Position embeddings are resized when the model's image size differs from the checkpoint's, and a
     stem for another channel count is adapted; both are reported. With `reset_head`, a classifier of another
-    size is re-initialised (for fine-tuning on a new label set) instead of failing.
+    size is re-initialised (for fine-tuning on a new label set) instead of failing. The preprocessing and class
+    names an `edgevit train` checkpoint records go into `model.pretrained_cfg`.
     """
     if isinstance(checkpoint, Mapping):
         state_dict, container = unwrap_state_dict(checkpoint)
+        metadata = training_metadata(checkpoint)
         path = sha = None
     else:
-        state_dict, container = read_state_dict(checkpoint)
+        state_dict, container, metadata = read_checkpoint(checkpoint)
         path, sha = str(checkpoint), sha256_of(checkpoint)
-    state_dict, layout, messages = map_state_dict(model, state_dict, reset_head, origin=path or "the state_dict")
+    try:
+        state_dict, layout, messages = map_state_dict(model, state_dict, reset_head, origin=path or "the state_dict")
+    except EdgevitError as exc:
+        if not metadata:
+            raise
+        raise EdgevitError(f"{exc}{_trained_hint(metadata, path or 'the checkpoint')}") from None
     model.load_state_dict(state_dict, strict=True)
-    return LoadReport(path=path, sha256=sha, container=container, layout=layout, messages=messages)
+    if metadata:
+        apply_metadata_cfg(model, metadata)
+        messages.append(f"preprocessing (mean/std) and labels from the edgevit training metadata "
+                        f"({metadata.get('data')}, epoch {metadata.get('epoch')})")
+    return LoadReport(path=path, sha256=sha, container=container, layout=layout, messages=messages,
+                      metadata=metadata)
 
 
 def _listing(title: str, items: list, limit: int = 8) -> str:

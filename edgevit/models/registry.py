@@ -146,9 +146,17 @@ def get_variant(name: str) -> Variant:
 
 
 def variant_with(variant: Variant, img_size: int | None = None, num_classes: int | None = None,
-                 in_chans: int | None = None) -> Variant:
-    """The variant with its input size, class count or channels overridden (arch and cfg kept in step)."""
-    arch = dict(variant.arch)
+                 in_chans: int | None = None, arch: dict | None = None) -> Variant:
+    """The variant with its input size, class count or channels overridden (arch and cfg kept in step).
+
+    `arch` overrides constructor arguments (e.g. the patch geometry from `small_input_arch`, or what an
+    `edgevit train` checkpoint recorded); it is applied first, so explicit img_size/in_chans/num_classes win.
+    """
+    overrides = dict(arch or {})
+    img_size = overrides.get("img_size") if img_size is None else img_size
+    in_chans = overrides.get("in_chans") if in_chans is None else in_chans
+    num_classes = overrides.get("num_classes") if num_classes is None else num_classes
+    arch = dict(variant.arch, **overrides)
     c, h, w = variant.cfg.input_size
     if img_size is not None:
         arch["img_size"] = img_size
@@ -167,3 +175,84 @@ def variant_with(variant: Variant, img_size: int | None = None, num_classes: int
         cfg = replace(cfg, mean=(sum(cfg.mean) / len(cfg.mean),) * in_chans,
                       std=(sum(cfg.std) / len(cfg.std),) * in_chans)
     return replace(variant, arch=arch, cfg=cfg)
+
+
+# --- small inputs (e.g. 32x32 Fashion-MNIST) ------------------------------------------------------------------
+
+# Small-input geometry applies automatically when img_size <= native size / SMALL_INPUT_FACTOR (56 for the 224
+# models, 60 for 240, 96 for 384, 102 for 408). Up to there the small geometry's token grid is at most the native
+# one; above it, scaling only img_size (position embeddings resized) keeps a sensible grid.
+SMALL_INPUT_FACTOR = 4
+T2T_SMALL_SOFT_SPLITS = ((5, 2, 2), (3, 2, 1), (3, 1, 1))  # 4x reduction (official 7/4/2, 3/2/1, 3/2/1: 16x)
+
+
+def native_img_size(variant: Variant) -> int:
+    return int(variant.cfg.input_size[-1])
+
+
+def is_small_input(variant: Variant | str, img_size: int | None) -> bool:
+    """Whether `small_input_arch` adapts the geometry by default: img_size <= native size / SMALL_INPUT_FACTOR."""
+    variant = get_variant(variant) if isinstance(variant, str) else variant
+    return img_size is not None and img_size * SMALL_INPUT_FACTOR <= native_img_size(variant)
+
+
+def _need_multiple(variant: Variant, img_size: int, multiple: int, why: str) -> None:
+    if img_size % multiple:
+        lower = max(multiple, img_size - img_size % multiple)
+        raise EdgevitError(f"{variant.name} at small inputs needs img_size divisible by {multiple} ({why}); got "
+                           f"{img_size}. Use {lower} or {lower + multiple} (the images are resized to it).")
+
+
+def _small_tnt(variant: Variant, img_size: int) -> dict:
+    # 8 px patches of 4x4 words of 2 px (native: 16 px patches of 4x4 words of 4 px): 32 -> a 4x4 patch grid
+    _need_multiple(variant, img_size, 8, "8-pixel patches")
+    return {"patch_size": 8, "first_stride": 2}
+
+
+def _small_t2t(variant: Variant, img_size: int) -> dict:
+    # soft splits 5/2/2, 3/2/1, 3/1/1: a 4x reduction (32 -> 16 -> 8 -> 8: 64 tokens) instead of 16x
+    _need_multiple(variant, img_size, 4, "a 4x soft-split reduction")
+    return {"soft_splits": T2T_SMALL_SOFT_SPLITS}
+
+
+def _small_nest(variant: Variant, img_size: int) -> dict:
+    # the first level is a grid of 2**(L-1) x 2**(L-1) blocks; 2 px patches (native 4), or 1 px where 2 do not fit
+    blocks_per_side = 2 ** (variant.arch.get("num_levels", 3) - 1)
+    if img_size % (2 * blocks_per_side) == 0:
+        return {"patch_size": 2}
+    _need_multiple(variant, img_size, blocks_per_side, f"{blocks_per_side}x{blocks_per_side} blocks of 1-pixel "
+                   "patches; multiples of " + str(2 * blocks_per_side) + " take 2-pixel patches")
+    return {"patch_size": 1}
+
+
+def _small_crossvit(variant: Variant, img_size: int) -> dict:
+    # 4 and 8 px patches on the same image (native 12 px on 240 and 16 px on a bicubic 224): no resize branch
+    if variant.arch.get("multi_conv"):
+        raise EdgevitError(f"{variant.name}'s 3-conv (dagger) stem exists only for 12/16-pixel patches, so it has no "
+                           "small-input form. Train crossvit_tiny_240 or crossvit_9_240 at small sizes instead.")
+    _need_multiple(variant, img_size, 8, "4- and 8-pixel patches")
+    branches = len(variant.arch.get("patch_size", (12, 16)))
+    return {"patch_size": (4, 8)[:branches], "img_scale": (1.0,) * branches}
+
+
+_SMALL_INPUT = {"tnt": _small_tnt, "t2t": _small_t2t, "nest": _small_nest, "crossvit": _small_crossvit}
+
+
+def small_input_arch(name: str | Variant, img_size: int, small_input: bool | None = None) -> dict:
+    """The constructor arguments to change for `img_size` (only the changed keys, `img_size` included), so a model
+    trained at small inputs has a sensible token grid. Embed dims, depths and heads stay the variant's own.
+
+    With `small_input=None` the geometry is adapted when img_size <= native / SMALL_INPUT_FACTOR (`is_small_input`);
+    True forces it, False never adapts (only img_size changes, position embeddings are resized on load).
+    Per family at 32x32:
+      tnt       patch_size 8, first_stride 2: 4x4 patches of 4x4 words of 2 px (native 16 px, words of 4 px)
+      t2t       soft_splits (5,2,2), (3,2,1), (3,1,1): a 4x reduction, an 8x8 token grid (native 16x)
+      nest      patch_size 2 (1 when img_size is not a multiple of 8): 16x16 tokens, 16 blocks of 4x4 (native 4)
+      crossvit  patch_size (4, 8), img_scale (1, 1): 8x8 and 4x4 grids on the same image, no resize
+    Raises `EdgevitError` for a size the adapted geometry cannot tile (with the nearest sizes that work).
+    """
+    variant = get_variant(name) if isinstance(name, str) else name
+    if small_input is False or (small_input is None and not is_small_input(variant, img_size)):
+        return {"img_size": img_size}
+    arch = _SMALL_INPUT[variant.family](variant, img_size)
+    return {"img_size": img_size, **arch}

@@ -208,28 +208,44 @@ def _split_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-class T2TModule(nn.Module):
-    """Tokens-to-Token: three soft splits (7/4/2, 3/2/1, 3/2/1), with a token transformer after the first two."""
+# The official soft splits (kernel, stride, padding): 7/4/2, 3/2/1, 3/2/1, a 16x token reduction.
+SOFT_SPLITS = ((7, 4, 2), (3, 2, 1), (3, 2, 1))
 
-    def __init__(self, img_size: int, tokens_type: str, in_chans: int, embed_dim: int, token_dim: int) -> None:
+
+class T2TModule(nn.Module):
+    """Tokens-to-Token: three soft splits (official: 7/4/2, 3/2/1, 3/2/1), a token transformer after the first two.
+
+    `soft_splits` gives each split's (kernel, stride, padding); small inputs use a gentler reduction
+    (see `registry.small_input_arch`). The widths of `attention1`, `attention2` and `project` follow the kernels.
+    """
+
+    def __init__(self, img_size: int, tokens_type: str, in_chans: int, embed_dim: int, token_dim: int,
+                 soft_splits: tuple = SOFT_SPLITS) -> None:
         super().__init__()
-        self.soft_split0 = OneHotUnfold(in_chans, kernel_size=7, stride=4, padding=2)
-        self.soft_split1 = OneHotUnfold(token_dim, kernel_size=3, stride=2, padding=1)
-        self.soft_split2 = OneHotUnfold(token_dim, kernel_size=3, stride=2, padding=1)
+        soft_splits = tuple(tuple(int(v) for v in split) for split in soft_splits)
+        if len(soft_splits) != 3 or any(len(split) != 3 for split in soft_splits):
+            raise EdgevitError(f"soft_splits needs three (kernel, stride, padding) triples, got {soft_splits}")
+        (k0, s0, p0), (k1, s1, p1), (k2, s2, p2) = soft_splits
+        self.soft_split0 = OneHotUnfold(in_chans, kernel_size=k0, stride=s0, padding=p0)
+        self.soft_split1 = OneHotUnfold(token_dim, kernel_size=k1, stride=s1, padding=p1)
+        self.soft_split2 = OneHotUnfold(token_dim, kernel_size=k2, stride=s2, padding=p2)
         if tokens_type == "performer":
-            self.attention1 = TokenPerformer(in_chans * 7 * 7, token_dim, kernel_ratio=0.5)
-            self.attention2 = TokenPerformer(token_dim * 3 * 3, token_dim, kernel_ratio=0.5)
+            self.attention1 = TokenPerformer(in_chans * k0 * k0, token_dim, kernel_ratio=0.5)
+            self.attention2 = TokenPerformer(token_dim * k1 * k1, token_dim, kernel_ratio=0.5)
         elif tokens_type == "transformer":
-            self.attention1 = TokenTransformer(in_chans * 7 * 7, token_dim)
-            self.attention2 = TokenTransformer(token_dim * 3 * 3, token_dim)
+            self.attention1 = TokenTransformer(in_chans * k0 * k0, token_dim)
+            self.attention2 = TokenTransformer(token_dim * k1 * k1, token_dim)
         else:
             raise EdgevitError(f"tokens_type must be 'performer' or 'transformer', not {tokens_type!r} (the "
                                "official 'convolution' type is an ablation with no weights and is not provided).")
-        self.project = nn.Linear(token_dim * 3 * 3, embed_dim)
+        self.project = nn.Linear(token_dim * k2 * k2, embed_dim)
         # Token grid sides after each split, fixed by the (square) image size: static reshapes, no sqrt at run time.
-        self.side0 = _split_size(img_size, 7, 4, 2)
-        self.side1 = _split_size(self.side0, 3, 2, 1)
-        self.num_patches = _split_size(self.side1, 3, 2, 1) ** 2
+        self.side0 = _split_size(img_size, k0, s0, p0)
+        self.side1 = _split_size(self.side0, k1, s1, p1)
+        side2 = _split_size(self.side1, k2, s2, p2)
+        if min(self.side0, self.side1, side2) < 1:
+            raise EdgevitError(f"img_size {img_size} is too small for T2T soft splits {soft_splits}")
+        self.num_patches = side2 ** 2
 
     @staticmethod
     def _to_image(x: torch.Tensor, side: int) -> torch.Tensor:
@@ -256,14 +272,14 @@ class T2TViT(EdgeModel):
     def __init__(self, img_size: int = 224, tokens_type: str = "performer", in_chans: int = 3,
                  num_classes: int = 1000, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_ratio: float = 4.0, qkv_bias: bool = False, drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, token_dim: int = 64) -> None:
+                 drop_path_rate: float = 0.0, token_dim: int = 64, soft_splits: tuple = SOFT_SPLITS) -> None:
         height, width = to_2tuple(img_size)
         if height != width:
             raise EdgevitError(f"T2T-ViT needs a square input (its token grids are square), got img_size={img_size}. "
                                "Pass a single int and resize or crop the images to that square.")
         super().__init__(height, in_chans, num_classes)
         self.num_features = self.embed_dim = embed_dim
-        self.tokens_to_token = T2TModule(height, tokens_type, in_chans, embed_dim, token_dim)
+        self.tokens_to_token = T2TModule(height, tokens_type, in_chans, embed_dim, token_dim, soft_splits)
         num_patches = self.tokens_to_token.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         # Fixed sinusoid, stored and counted as the official checkpoints do.
