@@ -59,6 +59,8 @@ def markdown(reports: list[dict], meta: dict) -> str:
         model = report["measurements"][0]["variant"]
         lines.append(f"| {model} | {report['settings']['threads']} | "
                      + " | ".join(cell(t) for t in COLUMNS) + f" | {ratio} |")
+    lines += ["", "Compare within a row: the runtimes took turns, so a busy machine slows them alike and the ratio "
+              "holds; absolute times across rows with a CV flag were taken while other work shared the cores."]
     return "\n".join(lines) + "\n"
 
 
