@@ -21,7 +21,11 @@ ENVIRONMENT_SCRIPT = ("echo cpu=$(grep -m1 -E 'model name|Hardware' /proc/cpuinf
                       "echo board=$(tr -d '\\0' < /proc/device-tree/model 2>/dev/null); "
                       "echo l4t=$(head -1 /etc/nv_tegra_release 2>/dev/null); "
                       "echo power_mode=$(nvpmodel -q 2>/dev/null | head -1); "
-                      "echo tensorrt=$(dpkg-query -W -f='${Version}' tensorrt 2>/dev/null)")
+                      "echo tensorrt=$(dpkg-query -W -f='${Version}' tensorrt 2>/dev/null); "
+                      # current clocks (Hz): GPU/EMC/DLA devfreq nodes on Jetson, CPU 0's governor frequency
+                      "for f in /sys/class/devfreq/*; do [ -r $f/cur_freq ] && "
+                      "echo clock_$(basename $f)=$(cat $f/cur_freq); done 2>/dev/null; "
+                      "echo clock_cpu0=$(cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq 2>/dev/null)")
 
 
 def board_environment(board: SshTarget) -> dict:
