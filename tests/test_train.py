@@ -20,13 +20,7 @@ QUICK = dict(train_samples=256, eval_samples=128, batch_size=32, log=None)
 RESUME = dict(QUICK, train_samples=64, eval_samples=32)  # NesT: drop path draws from the RNG
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # two shared cores: a second OpenMP thread waiting on a busy core makes every step crawl
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _logits(model, in_chans):

@@ -13,13 +13,7 @@ from edgevit.models import build_model, get_variant, is_small_input, small_input
 SMALLEST = ["tnt_ti", "t2t_vit_7", "nest_tiny", "crossvit_tiny_240"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # two shared cores: a second OpenMP thread waiting on a busy core makes every op crawl
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_geometry_per_family_at_32():
