@@ -202,8 +202,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
     log = (lambda message: print(message, file=sys.stderr, flush=True))
     report = parity(args.model, args.weights, data=args.data, targets=args.targets, recipes=args.quantize or (),
                     precisions=args.precisions, data_dir=args.data_dir, calib_samples=args.calib_samples,
-                    eval_samples=args.eval_samples, out=args.out, max_drop=args.max_drop, threads=args.threads,
-                    log=log)
+                    eval_samples=args.eval_samples, out=args.out, max_drop=args.max_drop,
+                    keep_float=tuple(args.keep_float or ()), threads=args.threads, log=log)
     print()
     _print_table(table_rows(report), COLUMNS)
     print(f"\n{report.eval_images} images of {report.data}; report: {report.out / 'parity.md'} (and parity.json)")
@@ -391,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     qat_parser.add_argument("--epochs", type=int, metavar="N", help="QAT epochs [2]")
     qat_parser.add_argument("--lr", type=float, help="peak AdamW learning rate [1e-4]")
     qat_parser.add_argument("--batch-size", type=int, metavar="N", help="batch size [64]")
-    qat_parser.add_argument("--train-samples", type=int, metavar="N", help="fine-tune on a class-balanced N images [all]")
+    qat_parser.add_argument("--train-samples", type=int, metavar="N",
+                            help="fine-tune on a class-balanced N images [all]")
     qat_parser.add_argument("--eval-samples", type=int, metavar="N", help="test on a class-balanced N images [all]")
     qat_parser.add_argument("--seed", type=int, help="seed of shuffling, augmentation and calibration [0]")
     qat_parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N [auto]")
@@ -433,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     checking.add_argument("--max-drop", type=float, metavar="PTS",
                           help="quantized budget in top-1 points (tightens 0.5/0.2); over it, keep the most "
                                "sensitive 1, 2, 4, ... layers float until the drop fits")
+    checking.add_argument("--keep-float", action="append", metavar="MODULE",
+                          help="keep this module float in every quantized bundle; repeatable")
     checking.add_argument("--threads", type=int, metavar="N", help="runtime threads [the runtime's default]")
     checking.add_argument("--out", default="edgevit-parity", help="report directory; bundles in OUT/bundles "
                                                                    "[edgevit-parity]")

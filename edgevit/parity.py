@@ -41,6 +41,7 @@ class ParityReport:
     data: str                 # the evaluation images, e.g. "fashion-mnist/test"
     eval_images: int
     calibration: str          # the train-split sample int8 recipes calibrate on (and sensitivity uses)
+    keep_float: list[str]     # modules kept float in every quantized bundle, besides what --max-drop chose
     reference: dict           # the float model's top-1, top-5, latency
     rows: list[dict]          # one per (target, precision or recipe); see `COLUMNS` for what is shown
     failures: list[str] = field(default_factory=list)  # one line per broken budget or failed artifact
@@ -67,7 +68,8 @@ def trained_with_qat(model) -> bool:
 def parity(model_name: str, weights: str | Path, data: str = "fashion-mnist", targets=("onnx",), recipes=(),
            precisions=None, *, data_dir: str | None = None, calib_samples: int = 256, eval_samples: int | None = None,
            out: str | Path = "edgevit-parity", max_drop: float | None = None, budgets: dict | None = None,
-           qat: bool | None = None, threads: int | None = None,
+           keep_float=(), qat: bool | None = None, threads: int | None = None,
+           sensitivity_images: int = SENSITIVITY_IMAGES,
            log: Callable[[str], None] = lambda message: None) -> ParityReport:
     """Convert the trained float model to every requested bundle, score all on held-out data, judge the budgets.
 
@@ -76,8 +78,9 @@ def parity(model_name: str, weights: str | Path, data: str = "fashion-mnist", ta
     Core ML fp16); `[]` converts only the recipes. Bundles go to OUT/bundles, the report to OUT/parity.json and
     OUT/parity.md, and each bundle gets its own parity.json. `eval_samples` scores a class-balanced part of the test
     split (default: all of it). `max_drop` (points) tightens the quantized budget and lets a quantized artifact
-    over it keep its most sensitive layers float until it fits; `budgets` overrides `BUDGETS` (tests use loose
-    ones). Raises `EdgevitError` for bad input; broken budgets are `report.failures`.
+    over it keep its most sensitive layers float until it fits; `keep_float` modules stay float in every quantized
+    bundle (as `convert`'s float_modules); `budgets` overrides `BUDGETS`; `sensitivity_images` train and test
+    images rank the layers. Raises `EdgevitError` for bad input; broken budgets are `report.failures`.
     """
     from .data.datasets import batches, calibration_and_evaluation, check_compatible
     from .models import create_model
@@ -89,7 +92,8 @@ def parity(model_name: str, weights: str | Path, data: str = "fashion-mnist", ta
     if not Path(weights).is_file():
         raise EdgevitError(f"weights {weights} not found")
     budgets = {**BUDGETS, **(budgets or {})}
-    jobs, skipped = _jobs(resolve_targets(targets), list(recipes), precisions)
+    jobs, skipped = _qat_jobs(weights, targets, recipes, precisions) or _jobs(resolve_targets(targets),
+                                                                            list(recipes), precisions)
     if not jobs:
         raise EdgevitError("nothing to check: give --precisions or --quantize recipes the targets offer")
     model = create_model(model_name, weights=weights)
@@ -107,9 +111,11 @@ def parity(model_name: str, weights: str | Path, data: str = "fashion-mnist", ta
     log(f"float {model.variant}: top-1 {top1:.2f}%, top-5 {top5:.2f}% on {len(evaluation)} {evaluation.name} images")
 
     def build_and_score(target: str, precision: str, recipe: str | None, float_layers=()) -> dict:
-        [outcome] = convert(model, [target], out=bundles, precision=None if recipe else precision, quantize=recipe,
-                            calib=data, calib_samples=calib_samples, data_dir=data_dir,
-                            float_modules=tuple(float_layers), force=True, log=log)
+        """`float_layers`: what the --max-drop search keeps float, on top of `keep_float`."""
+        # `weights` too: convert reads a qat.pt's own plan (QuantizationPlan.from_qat) from the file
+        [outcome] = convert(model, [target], out=bundles, weights=weights, precision=None if recipe else precision,
+                            quantize=recipe, calib=data, calib_samples=calib_samples, data_dir=data_dir,
+                            float_modules=(*keep_float, *float_layers), force=True, log=log)
         row = {"target": target, "precision": outcome.precision, "recipe": recipe,
                "kind": ("qat" if qat else "ptq") if recipe else precision, "float_layers": list(float_layers),
                "size_bytes": outcome.size_bytes, "bundle": str(outcome.bundle) if outcome.bundle else None}
@@ -125,17 +131,18 @@ def parity(model_name: str, weights: str | Path, data: str = "fashion-mnist", ta
     def ranking(target: str, recipe: str) -> list:
         if (target, recipe) not in sensitivities:
             log(f"{target} {recipe}: ranking layers by int8 sensitivity ...")
-            sensitivities[target, recipe] = _sensitivity(model, cfg, target, recipe, calibration, evaluation)
+            sensitivities[target, recipe] = _sensitivity(model, cfg, target, recipe, calibration, evaluation,
+                                                         sensitivity_images, keep_float)
         return sensitivities[target, recipe]
 
     rows, failures = [], []
     for target, precision, recipe in jobs:
         row = build_and_score(target, precision, recipe)
-        row["budget"], limit = _budget(row["kind"], budgets, max_drop)
-        if recipe and max_drop is not None and _over(row, limit):
+        budget, limit = _budget(row["kind"], budgets, max_drop)
+        if recipe and row["kind"] == "ptq" and max_drop is not None and _over(row, limit):  # QAT: fixed layers
             row = _fit(row, ranking(target, recipe), limit,
                        lambda layers: build_and_score(target, precision, recipe, layers), log)
-            row["budget"] = _budget(row["kind"], budgets, max_drop)[0]
+        row["budget"] = budget
         problem = _judge(row, limit, budgets)
         if problem:
             failures.append(f"{target} {row['precision']}: {problem}")
@@ -151,11 +158,23 @@ def parity(model_name: str, weights: str | Path, data: str = "fashion-mnist", ta
             _write_bundle_parity(row, reference, evaluation.name, len(evaluation), str(weights))
     rows += skipped
     report = ParityReport(model.variant, str(weights), evaluation.name, len(evaluation), calibration.name,
-                          reference, rows, failures, out)
+                          list(keep_float), reference, rows, failures, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "parity.json").write_text(json.dumps(report.to_dict(), indent=1) + "\n")
     (out / "parity.md").write_text(markdown(report))
     return report
+
+
+def _qat_jobs(weights, targets, recipes, precisions) -> tuple[list[tuple], list[dict]] | None:
+    """A qat.pt of `edgevit qat` converts only to its own int8 model (recipe qat-int8), on each target."""
+    from .quantization.qat import QAT_RECIPE, read_qat
+
+    if read_qat(weights) is None:
+        return None
+    if precisions or any(spec.rpartition(":")[2] != QAT_RECIPE for spec in recipes):
+        raise EdgevitError(f"{weights} is quantization-aware trained: parity checks its own {QAT_RECIPE} model "
+                           "only; drop --precisions and --quantize")
+    return [(target, QAT_RECIPE, QAT_RECIPE) for target in resolve_targets(targets)], []
 
 
 def _jobs(targets: list[str], recipes: list[str], precisions) -> tuple[list[tuple], list[dict]]:
@@ -251,16 +270,16 @@ def _fit(row: dict, ranking: list, limit: float, attempt: Callable[[list], dict]
     return row
 
 
-def _sensitivity(model, cfg, target, recipe, calibration, evaluation) -> list[tuple[str, float]]:
+def _sensitivity(model, cfg, target, recipe, calibration, evaluation, count: int,
+                 keep_float) -> list[tuple[str, float]]:
     from .data.datasets import balanced_indices
     from .data.transforms import to_model_input
     from .quantization.sensitivity import layer_sensitivity
 
     def sample(images):
-        count = min(SENSITIVITY_IMAGES, len(images))
-        return to_model_input(images.subset(balanced_indices(images.labels, count)).images, cfg)
+        return to_model_input(images.subset(balanced_indices(images.labels, min(count, len(images)))).images, cfg)
     example = torch.zeros(1, *cfg["input_size"])
-    return layer_sensitivity(model, example, target, recipe, sample(calibration), sample(evaluation))
+    return layer_sensitivity(model, example, target, recipe, sample(calibration), sample(evaluation), keep_float)
 
 
 def _score(target: str, bundle: Path, evaluation, cfg: dict, float_logits: np.ndarray, threads) -> dict:
@@ -355,7 +374,9 @@ def markdown(report: ParityReport) -> str:
     lines = [f"# Parity: {report.model}", "",
              f"Weights `{report.weights}`; {report.eval_images} held-out images of {report.data}; int8 calibration "
              f"from {report.calibration}. Drop = float top-1 minus artifact top-1, in points; agreement, cosine and "
-             "SNR compare each artifact's logits with the float model's. Latency: median per image, in-process.", "",
+             "SNR compare each artifact's logits with the float model's. Latency: median per image, in-process."
+             + (f" Kept float in every quantized bundle: {', '.join(report.keep_float)}." if report.keep_float else ""),
+             "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
     lines += ["", "Budgets: fp32 100 % top-1 agreement; fp16 drop <= 0.1 pt; int8 PTQ <= 0.5 pt; QAT <= 0.2 pt.", ""]

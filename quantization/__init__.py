@@ -49,9 +49,11 @@ class QuantizationPlan:
                 raise EdgevitError(f"--quantize {QAT_RECIPE} converts the output of `edgevit qat`: pass its qat.pt as "
                                    f"--weights (got {weights or 'no weights'}).")
             return None
-        if quantize not in (None, QAT_RECIPE) or precision:
-            raise EdgevitError(f"{weights} is quantization-aware trained: it converts to its own int8 model only; "
-                               f"drop --quantize {quantize or ''} / --precision {precision or ''}.")
+        extra = ([f"--quantize {quantize}"] if quantize not in (None, QAT_RECIPE) else []) + \
+            ([f"--precision {precision}"] if precision else [])
+        if extra:
+            raise EdgevitError(f"{weights} is quantization-aware trained: it converts to its own {QAT_RECIPE} model "
+                               f"only; drop {' and '.join(extra)}.")
         return cls(QAT_RECIPE, float_modules=tuple(metadata["qat"].get("float_modules") or ()),
                    qat_path=Path(weights), qat_metadata=metadata)
 
@@ -129,7 +131,8 @@ class QuantizationPlan:
                                  "split": "train (disjoint from the verification and evaluation images)"}
                                 if recipe.calibration else None),
                 "kept_float": ["LayerNorm (both forms)", "softmax", "GELU", "attention matmuls", "residual adds",
-                               "T2T Performer random features"] + [f"module {m}" for m in self.float_modules],
+                               "T2T Performer random features", "T2T soft split (one-hot unfold)",
+                               "CrossViT resize"] + [f"module {m}" for m in self.float_modules],
                 **self.reports.get(target, {}), **self._qat_manifest()}
 
     def _qat_manifest(self) -> dict:

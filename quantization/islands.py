@@ -10,9 +10,12 @@ from typing import Callable, Iterable
 
 import torch.nn as nn
 
-from edgevit.models.layers import LayerNorm
+from edgevit.models.layers import LayerNorm, OneHotUnfold, SeparableResize
 
-ALWAYS_FLOAT_TYPES = (LayerNorm, nn.LayerNorm, nn.Softmax)  # everything computed inside them
+# everything computed inside them. OneHotUnfold (T2T's soft split as a conv with one-hot kernels) and
+# SeparableResize (CrossViT's resize as matmuls) only move pixels: int8 there loses precision and saves nothing
+# (parity measured T2T's soft split as the most sensitive layer when quantized)
+ALWAYS_FLOAT_TYPES = (LayerNorm, nn.LayerNorm, nn.Softmax, OneHotUnfold, SeparableResize)
 # ops written directly in these modules' own code (not in their child Linears): the T2T Performer's prm_exp runs
 # F.linear on a random-feature buffer and exp() on the result
 FLOAT_OWN_OPS = ("TokenPerformer",)

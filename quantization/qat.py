@@ -34,9 +34,10 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -69,7 +70,6 @@ class QatResult:
     checkpoint: Path  # OUT/qat.pt
     metrics: dict  # the content of OUT/metrics.json
     out: Path
-    model: nn.Module | None = None  # the quantized model rebuilt from qat.pt at batch 1 (a QuantizedModel)
     step_losses: list[float] = dataclasses.field(default_factory=list)
 
 
@@ -87,8 +87,10 @@ def _symmetric_activations(config):
                                output_activation=symmetric(config.output_activation))
 
 
-def qat_quantizer(target: str):
-    """The target's PT2E quantizer in QAT mode (fake-quant modules instead of observers)."""
+def qat_quantizer(target: str, batch_norm: bool = True):
+    """The target's PT2E quantizer in QAT mode (fake-quant modules instead of observers). `batch_norm=False`
+    (the model has none) drops XNNPACK's QAT-only conv+BN patterns: each one is exported to match it, seconds of
+    work per prepare that can find nothing."""
     _check_target(target)
     if target in ("executorch", "onnx"):
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -97,11 +99,19 @@ def qat_quantizer(target: str):
         from .recipes import _linear_and_conv
 
         config = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
-        return _linear_and_conv(XNNPACKQuantizer(), _symmetric_activations(config) if target == "onnx" else config)
+        quantizer = XNNPACKQuantizer()
+        if not batch_norm:
+            quantizer.SUPPORTED_PATTERNS = [p for p in XNNPACKQuantizer.SUPPORTED_PATTERNS if not p.is_qat]
+        return _linear_and_conv(quantizer, _symmetric_activations(config) if target == "onnx" else config)
     if target == "tflite":
         from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
 
-        return PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
+        quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
+        # its QAT-only conv+BN(+ReLU) annotators export a pattern *function*, which torchao 0.18's
+        # torch.export rejects ("Expected `mod` to be an instance of torch.nn.Module"): without them a conv is
+        # annotated as a plain conv and a following BatchNorm (only CrossViT's multi-conv stem has one) stays float
+        quantizer.STATIC_QAT_ONLY_OPS = []
+        return quantizer
     from .recipes import coreml_quantizer  # CoreMLQuantizer annotates with FakeQuantize: QAT-ready as it is
 
     return coreml_quantizer()
@@ -118,16 +128,33 @@ def layer_norm_of(target: str) -> str:
     return get_target(target).LAYER_NORM
 
 
+@contextmanager
+def no_stochastic_depth(model: nn.Module) -> Iterator[nn.Module]:
+    """DropPath off while tracing: `move_exported_model_to_eval` turns dropout off but not a traced DropPath's
+    random mask, which would stay in the converted graph (NesT trains with drop path 0.2-0.5)."""
+    from edgevit.models.layers import DropPath
+
+    saved = [(module, module.drop_prob) for module in model.modules() if isinstance(module, DropPath)]
+    for module, _ in saved:
+        module.drop_prob = 0.0
+    try:
+        yield model
+    finally:
+        for module, rate in saved:
+            module.drop_prob = rate
+
+
 def prepare(model: nn.Module, example: torch.Tensor, target: str, float_modules=()) -> torch.fx.GraphModule:
-    """Export `model` in train mode in the target's LayerNorm form and insert the target's fake-quant modules
-    (Linear/Conv only). The graph shares its parameters with `model`; `model` is left in eval mode."""
+    """Export `model` in train mode (stochastic depth off) in the target's LayerNorm form and insert the target's
+    fake-quant modules (Linear/Conv only). The graph shares its parameters with `model`, left in eval mode."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     from edgevit.models import layer_norm_form
 
-    quantizer = with_float_islands(qat_quantizer(target), quantizable(float_modules))
+    batch_norm = any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules())
+    quantizer = with_float_islands(qat_quantizer(target, batch_norm), quantizable(float_modules))
     try:
-        with layer_norm_form(model, layer_norm_of(target)):
+        with layer_norm_form(model, layer_norm_of(target)), no_stochastic_depth(model):
             graph = torch.export.export(model.train(), (example,), strict=False).module()
         return prepare_qat_pt2e(graph, quantizer)
     except EdgevitError:
@@ -139,10 +166,18 @@ def prepare(model: nn.Module, example: torch.Tensor, target: str, float_modules=
         model.eval()
 
 
-def fake_quant_state(prepared: torch.fx.GraphModule, model: nn.Module) -> dict[str, torch.Tensor]:
-    """The prepared graph's own state (fake-quant scales, zero points, ranges): everything but the model's tensors."""
-    own = set(model.state_dict())
-    return {key: value.detach().cpu().clone() for key, value in prepared.state_dict().items() if key not in own}
+def fake_quant_state(prepared: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
+    """The state of the prepared graph's fake-quant modules (scales, zero points, observed ranges, enabled flags),
+    keyed as in its state_dict. Not the scalar constants the quantizers lift into tensors (`_tensor_constant_N`):
+    the rebuild makes those itself."""
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
+    from torchao.quantization.pt2e.observer import ObserverBase
+
+    state = {}
+    for name, module in prepared.named_children():
+        if isinstance(module, (FakeQuantizeBase, ObserverBase)):
+            state.update({f"{name}.{key}": value.detach().cpu().clone() for key, value in module.state_dict().items()})
+    return state
 
 
 def converted(prepared: torch.fx.GraphModule, target: str, copy_first: bool = True) -> torch.fx.GraphModule:
@@ -160,7 +195,7 @@ def rebuild(model: nn.Module, example: torch.Tensor, target: str, qat_state: dic
     """The quantized model for conversion: `model` (holding the fine-tuned float weights) prepared at `example`'s
     batch size like during QAT, with the trained fake-quant state loaded, converted."""
     prepared = prepare(model, example, target, float_modules)
-    expected = set(fake_quant_state(prepared, model))
+    expected = set(fake_quant_state(prepared))
     if expected != set(qat_state):
         missing, unexpected = sorted(expected - set(qat_state)), sorted(set(qat_state) - expected)
         raise EdgevitError(f"{origin}: its fake-quant state does not fit the {target} QAT graph rebuilt here "
@@ -417,7 +452,7 @@ def qat(model_name: str, weights: str | os.PathLike, target: str, data: str | No
             history.append(entry)
             log(f"QAT epoch {epoch}/{settings['epochs']}: train loss {entry['train_loss']:.4f}, int8 top-1 "
                 f"{entry['top1']:.2f}%, top-5 {entry['top5']:.2f}%, {entry['seconds']:.1f} s")
-        qat_state = fake_quant_state(prepared, model)
+        qat_state = fake_quant_state(prepared)
         trained_params = prepared.state_dict()
         float_state = {key: (trained_params[key] if key in trained_params else value).detach().cpu().clone()
                        for key, value in model.state_dict().items()}
@@ -440,7 +475,7 @@ def qat(model_name: str, weights: str | os.PathLike, target: str, data: str | No
                         "seed": settings["seed"], "device": str(dev), "seconds": seconds,
                         "from_checkpoint": str(weights), "from_sha256": _sha256(weights),
                         "from_metrics": trained.get("metrics"), "metrics": qat_metrics,
-                        "torch": torch.__version__, "torchao": getattr(torchao, "__version__", None)}}
+                        "torch": str(torch.__version__), "torchao": str(getattr(torchao, "__version__", None))}}
     out_dir.mkdir(parents=True, exist_ok=True)
     _atomic_save({"state_dict": float_state, "qat_state": qat_state, "edgevit": metadata}, qat_path)
     metrics = {"model": name, "target": target, "checkpoint": str(qat_path), **metadata["qat"]}

@@ -8,6 +8,7 @@ and scoring each use one batch (the export has a static batch), so a few dozen i
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -19,7 +20,7 @@ from edgevit.models import layer_norm_form
 
 from .islands import _clean, module_path, quantizable
 from .pt2e import with_float_islands
-from .recipes import GRAPH_QUANTIZERS, get_recipe
+from .recipes import GRAPH_QUANTIZERS, RECIPES, get_recipe
 
 # Artifact-stage recipes (ONNX Runtime, coremltools) have no PyTorch quantizer: XNNPACK's PT2E quantizer, with
 # the same per-channel symmetric int8 weights, stands in for them.
@@ -36,6 +37,10 @@ def snr_db(reference, candidate) -> float:
 
 def graph_quantizer(target: str, recipe: str) -> tuple[tuple[str, str], str | None]:
     """The GRAPH_QUANTIZERS key that measures (target, recipe), and a note when it is a proxy."""
+    from .qat import QAT_RECIPE
+
+    if recipe == QAT_RECIPE:  # learned ranges: post-training sensitivity still says which layers are fragile
+        return DEFAULT_PROXY, "QAT model: ranked by post-training XNNPACK int8 sensitivity"
     get_recipe(target, recipe)  # an unknown recipe fails here, with the target's offer
     if (target, recipe) in GRAPH_QUANTIZERS:
         return (target, recipe), None
@@ -62,13 +67,50 @@ def _batch(images, count: int) -> torch.Tensor:
     return batch[:count]
 
 
+def _remap(value, nodes: dict):
+    """An annotation of one graph, its Node references swapped for the same-named nodes of a copy."""
+    if isinstance(value, torch.fx.Node):
+        return nodes[value.name]
+    if isinstance(value, (list, tuple)):
+        return type(value)(_remap(item, nodes) for item in value)
+    if isinstance(value, dict):
+        return {_remap(key, nodes): _remap(item, nodes) for key, item in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: _remap(getattr(value, f.name), nodes)
+                                             for f in dataclasses.fields(value) if f.init})
+    return value
+
+
+def _replaying(quantizer, annotations: dict):
+    """A quantizer that sets the given annotations (by node name) instead of annotating: a backend's annotate
+    pass traces its pattern graphs every time (seconds), the same work for every layer."""
+    from torchao.quantization.pt2e.quantizer import Quantizer
+
+    class Replay(Quantizer):
+        def transform_for_annotation(self, model):
+            return quantizer.transform_for_annotation(model)
+
+        def annotate(self, model):
+            nodes = {node.name: node for node in model.graph.nodes}
+            for name, annotation in annotations.items():
+                nodes[name].meta["quantization_annotation"] = _remap(annotation, nodes)
+            return model
+
+        def validate(self, model):
+            pass
+
+    return Replay()
+
+
 def layer_sensitivity(model: nn.Module, example: torch.Tensor, target: str, recipe: str, calibration, images,
                       float_modules=()) -> list[tuple[str, float]]:
     """(module name, output SNR in dB with only that module in int8) for every quantizable layer, worst first.
 
-    `calibration` (train-split inputs, (1, C, H, W) each or a batch) and `images` (held-out inputs) are used as one
-    batch each, of the smaller of their sizes; `example` fixes the input shape. The model is put in the target's
-    LayerNorm form, as conversion does. Modules in `float_modules` are left out.
+    The layers are those `quantizable()` accepts and the quantizer annotates; for artifact-stage recipes only
+    nn.Linear/nn.Conv2d modules (the artifact tools match those by weight). `calibration` (train-split inputs) and
+    `images` (held-out inputs) are used as one batch each, of the smaller of their sizes; `example` fixes the
+    input shape. The model is put in the target's LayerNorm form, as conversion does. Modules in `float_modules`
+    are left out.
     """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -78,17 +120,26 @@ def layer_sensitivity(model: nn.Module, example: torch.Tensor, target: str, reci
     count = min(len(calibration), len(images))
     calibration, images = _batch(calibration, count), _batch(images, count)
     if tuple(images.shape[1:]) != tuple(example.shape[1:]):
-        raise EdgevitError(f"sensitivity images are {tuple(images.shape[1:])}, the model takes {tuple(example.shape[1:])}")
+        raise EdgevitError(f"sensitivity images are {tuple(images.shape[1:])}, the model takes "
+                           f"{tuple(example.shape[1:])}")
     model = model.eval()
+    artifact_stage = (target, recipe) in RECIPES and RECIPES[target, recipe].stage == "artifact"
+    modules = dict(model.named_modules())
     ranking = []
     with layer_norm_form(model, get_target(target).LAYER_NORM), torch.no_grad():
         reference = model(images).numpy()
         graph = torch.export.export(model, (images,), strict=False).module()
-        accept = quantizable(float_modules)
-        for name in quantizable_layers(graph, float_modules):
-            only = with_float_islands(GRAPH_QUANTIZERS[key](),
-                                      lambda node, name=name: accept(node) and owner(node) == name)
-            prepared = prepare_pt2e(copy.deepcopy(graph), only)
+        # annotate once; every layer then replays its own nodes' annotations on a fresh copy of the graph
+        quantizer = with_float_islands(GRAPH_QUANTIZERS[key](), quantizable(float_modules))
+        template = quantizer.annotate(quantizer.transform_for_annotation(copy.deepcopy(graph)))
+        by_layer: dict[str, dict] = {}
+        for node in template.graph.nodes:
+            if "quantization_annotation" in node.meta:
+                by_layer.setdefault(owner(node), {})[node.name] = node.meta["quantization_annotation"]
+        for name, layer_annotations in by_layer.items():
+            if artifact_stage and not isinstance(modules.get(name), (nn.Linear, nn.Conv2d)):
+                continue
+            prepared = prepare_pt2e(copy.deepcopy(graph), _replaying(quantizer, layer_annotations))
             prepared(calibration)
             ranking.append((name, snr_db(reference, convert_pt2e(prepared)(images).numpy())))
     return sorted(ranking, key=lambda item: item[1])

@@ -1,0 +1,187 @@
+"""`edgevit qat`: PT2E quantization-aware fine-tuning of a trained float model, and the qat.pt it writes converting
+to a verified int8 bundle of its target (manifest recipe qat-int8).
+
+A t2t_vit_7 trained for seconds at 32x32 on a Fashion-MNIST subset, QAT for a couple of steps, one CPU thread.
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgevit.cli import main
+from edgevit.convert import convert
+from edgevit.data import fashion_mnist
+from edgevit.errors import EdgevitError
+from edgevit.quantization.qat import KIND, QAT_RECIPE, converted, load, prepare, qat, read_qat
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers import TINY  # noqa: E402
+
+needs_data = pytest.mark.skipif(not fashion_mnist.available(),
+                                reason="Fashion-MNIST is absent (apt-get install dataset-fashion-mnist, or set "
+                                       "EDGEVIT_FASHION_MNIST to a directory holding its IDX files)")
+MODEL = "t2t_vit_7"
+QUICK = dict(epochs=1, train_samples=128, eval_samples=64, batch_size=64, log=None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # two shared cores: a second OpenMP thread waiting on a busy core makes every step crawl
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def float_checkpoint(tmp_path_factory, one_thread):
+    from edgevit.train import train
+
+    out = tmp_path_factory.mktemp("float")
+    return train(MODEL, data="fashion-mnist", img_size=32, epochs=1, train_samples=256, eval_samples=128,
+                 batch_size=64, out=out, log=None).checkpoint
+
+
+@pytest.fixture(scope="module")
+def qat_runs(float_checkpoint, tmp_path_factory):
+    """target -> QatResult, each run once for the module."""
+    runs = {}
+
+    def run(target):
+        if target not in runs:
+            runs[target] = qat(MODEL, float_checkpoint, target, out=tmp_path_factory.mktemp(f"qat-{target}"), **QUICK)
+        return runs[target]
+    return run
+
+
+@pytest.mark.parametrize("target", ["onnx", "tflite"])
+@needs_data
+def test_qat_checkpoint_converts_to_a_verified_int8_bundle(target, qat_runs, tmp_path):
+    result = qat_runs(target)
+    saved = torch.load(result.checkpoint, map_location="cpu", weights_only=True)  # tensors and plain data only
+    metadata = saved["edgevit"]
+    assert metadata["kind"] == KIND and metadata["variant"] == MODEL
+    info = metadata["qat"]
+    assert info["target"] == target and info["recipe"] == QAT_RECIPE and info["train_samples"] == 128
+    assert info["layer_norm"] == "native" and info["epochs"] == 1 and info["seed"] == 0
+    scores = info["metrics"]
+    assert scores["test_samples"] == 64
+    for entry in (scores["before"]["float"], scores["before"]["int8"], scores["after"]["int8"]):
+        assert 0 <= entry["top1"] <= entry["top5"] <= 100
+    assert scores["after"]["int8"] == {k: scores["epochs"][-1][k] for k in ("test_loss", "top1", "top5")}
+    assert saved["qat_state"] and all(k.startswith("activation_post_process_") for k in saved["qat_state"])
+    assert json.loads((result.out / "metrics.json").read_text()) == json.loads(json.dumps(result.metrics))
+
+    [outcome] = convert(MODEL, targets=target, weights=result.checkpoint, out=tmp_path, verify_samples=4)
+    assert outcome.status == "ok", outcome.error
+    assert outcome.bundle.name == f"{target}-qat-int8"
+    manifest = json.loads((outcome.bundle / "manifest.json").read_text())
+    quantization = manifest["quantization"]
+    assert quantization["recipe"] == "qat-int8" and quantization["qat"] is True
+    assert quantization["calibration"] is None and quantization["checkpoint"] == str(result.checkpoint)
+    assert quantization["top1_qat"] == scores["after"]["int8"]["top1"]
+    assert quantization["top1_float"] == scores["before"]["float"]["top1"]
+    assert quantization["int8_linear"] > 0 and quantization["float_linear"] >= 2  # the Performer stays float
+    verification = manifest["verification"]
+    assert verification["status"] == "passed"
+    assert verification["metrics"]["cosine_min"] > 0.98, verification  # vs the fine-tuned float model
+    assert verification["vs_quantized_graph"]["cosine_min"] > 0.999, verification  # vs the rebuilt QAT graph
+    assert manifest["weights"]["source"] == str(result.checkpoint)
+
+    if target == "onnx":  # QDQ for TensorRT: symmetric, so every zero point is 0, and the weights are int8
+        import onnx
+        from onnx import numpy_helper
+
+        graph = onnx.load(str(outcome.bundle / "model.onnx")).graph
+        initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        dequantize = [n for n in graph.node if n.op_type == "DequantizeLinear"]
+        assert dequantize
+        zero_points = [initializers[n.input[2]] for n in dequantize if len(n.input) > 2 and n.input[2] in initializers]
+        assert zero_points and all(not np.any(z) for z in zero_points)
+        assert sum(a.size for a in initializers.values() if a.dtype == np.int8) > 1_000_000
+
+
+@needs_data
+def test_qat_pt_rebuilds_the_trained_quantized_model(qat_runs):
+    """The qat.pt alone gives back the model QAT evaluated: the same test top-1 (at batch 1 instead of 64)."""
+    from edgevit.data.datasets import balanced_indices, load_images
+    from edgevit.data.transforms import to_model_input
+
+    result = qat_runs("onnx")
+    model, quantized = load(result.checkpoint)
+    assert quantized.recipe == QAT_RECIPE and quantized.variant == MODEL
+    test = load_images("fashion-mnist", "test")
+    test = test.subset(balanced_indices(test.labels, 64, 0))
+    x = to_model_input(test.images, model.pretrained_cfg)
+    with torch.no_grad():
+        predicted = torch.cat([quantized(image[None]) for image in x]).argmax(1)
+    top1 = 100.0 * float((predicted == torch.from_numpy(test.labels)).float().mean())
+    assert abs(top1 - result.metrics["metrics"]["after"]["int8"]["top1"]) <= 100.0 / 64 + 1e-6
+
+
+@needs_data
+def test_same_seed_same_qat_weights(float_checkpoint, qat_runs, tmp_path):
+    first = torch.load(qat_runs("onnx").checkpoint, weights_only=True)
+    second = torch.load(qat(MODEL, float_checkpoint, "onnx", out=tmp_path, **QUICK).checkpoint, weights_only=True)
+    for part in ("state_dict", "qat_state"):
+        assert first[part].keys() == second[part].keys()
+        assert all(torch.equal(first[part][k], second[part][k]) for k in first[part]), part
+    scores = [{**run["edgevit"]["qat"]["metrics"], "epochs": [{k: v for k, v in e.items() if k != "seconds"}
+                                                              for e in run["edgevit"]["qat"]["metrics"]["epochs"]]}
+              for run in (first, second)]
+    assert scores[0] == scores[1]
+    before = torch.load(float_checkpoint, weights_only=True)["state_dict"]
+    assert any(not torch.equal(before[k], first["state_dict"][k]) for k in before)  # it did fine-tune
+
+
+@needs_data
+def test_bad_inputs_are_refused_clearly(float_checkpoint, qat_runs, tmp_path):
+    with pytest.raises(EdgevitError, match="unknown QAT target 'tensorrt'"):
+        qat(MODEL, float_checkpoint, "tensorrt", out=tmp_path / "x", **QUICK)
+    plain = tmp_path / "plain.pt"
+    torch.save(torch.load(float_checkpoint, weights_only=True)["state_dict"], plain)
+    with pytest.raises(EdgevitError, match="not a trained edgevit checkpoint"):
+        qat(MODEL, plain, "onnx", out=tmp_path / "x", **QUICK)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(EdgevitError, match="not a trained edgevit checkpoint"):
+        qat(MODEL, junk, "onnx", out=tmp_path / "x", **QUICK)
+    with pytest.raises(EdgevitError, match="checkpoint not found"):
+        qat(MODEL, tmp_path / "absent.pt", "onnx", **QUICK)
+    with pytest.raises(EdgevitError, match="at least 1"):
+        qat(MODEL, float_checkpoint, "onnx", out=tmp_path / "x", **dict(QUICK, epochs=0))
+
+    onnx_qat = qat_runs("onnx").checkpoint
+    assert read_qat(onnx_qat)["qat"]["target"] == "onnx" and read_qat(float_checkpoint) is None
+    with pytest.raises(EdgevitError, match="already a QAT checkpoint"):
+        qat(MODEL, onnx_qat, "onnx", out=tmp_path / "x", **QUICK)
+    with pytest.raises(EdgevitError, match="exists; pass --force"):
+        qat(MODEL, float_checkpoint, "onnx", out=onnx_qat.parent, **QUICK)
+    with pytest.raises(EdgevitError, match="trained for onnx.*converts to onnx only"):
+        convert(MODEL, targets="executorch", weights=onnx_qat, out=tmp_path / "out")
+    with pytest.raises(EdgevitError, match="quantization-aware trained"):
+        convert(MODEL, targets="onnx", weights=onnx_qat, out=tmp_path / "out", quantize="int8")
+    with pytest.raises(EdgevitError, match="quantization-aware trained"):
+        convert(MODEL, targets="onnx", weights=onnx_qat, out=tmp_path / "out", precision="fp16")
+    with pytest.raises(EdgevitError, match="converts the output of `edgevit qat`"):
+        convert(MODEL, targets="onnx", weights=float_checkpoint, out=tmp_path / "out", quantize="qat-int8")
+
+    assert main(["qat", MODEL, "--weights", str(plain), "--target", "onnx", "--out", str(tmp_path / "cli")]) == 1
+    with pytest.raises(SystemExit):  # argparse: not one of the targets
+        main(["qat", MODEL, "--weights", str(float_checkpoint), "--target", "tensorrt"])
+
+
+def test_stochastic_depth_is_not_traced_into_the_qat_graph():
+    """NesT trains with drop path; a traced random mask would survive move_exported_model_to_eval and convert."""
+    model = TINY["nest_same"]().eval()
+    assert any(getattr(m, "drop_prob", 0) > 0 for m in model.modules())
+    x = torch.randn(2, *model.pretrained_cfg["input_size"])
+    prepared = prepare(model, x, "executorch")
+    assert not any("bernoulli" in str(node.target) or "rand" in str(node.target) for node in prepared.graph.nodes)
+    assert not model.training and any(getattr(m, "drop_prob", 0) > 0 for m in model.modules())  # restored
+    graph = converted(prepared, "executorch")
+    with torch.no_grad():
+        assert torch.equal(graph(x), graph(x))
