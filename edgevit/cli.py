@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "[what the float model was trained on]")
     qat_parser.add_argument("--data-dir", metavar="DIR", help="where the data files are [the source's default place]")
     qat_parser.add_argument("--epochs", type=int, metavar="N", help="QAT epochs [2]")
-    qat_parser.add_argument("--lr", type=float, help="peak AdamW learning rate [1e-4]")
+    qat_parser.add_argument("--lr", type=float, help="peak AdamW learning rate [1e-5]")
     qat_parser.add_argument("--batch-size", type=int, metavar="N", help="batch size [64]")
     qat_parser.add_argument("--train-samples", type=int, metavar="N",
                             help="fine-tune on a class-balanced N images [all]")

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .errors import EdgevitError
+from .progress import progress_bar
 
 # What an omitted setting means for a new run (a resumed run keeps the settings it was started with).
 DEFAULTS = {"data": "fashion-mnist", "img_size": 32, "epochs": 10, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.05,
@@ -244,6 +245,28 @@ def _merge_resume(requested: dict, saved: dict, last: Path) -> dict:
     return settings
 
 
+def run_epoch(model, pairs, criterion, optimizer, scheduler, device, desc: str, total: int,
+              what: str) -> tuple[float, list[float]]:
+    """One pass of optimizer steps over (inputs, labels) batches: (mean loss, per-step losses)."""
+    losses, loss_sum, seen = [], 0.0, 0
+    with progress_bar(total=total, desc=desc, unit="batch") as bar:
+        for x, y in pairs:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = criterion(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise EdgevitError(f"{what} diverged (loss {value}); lower --lr")
+            losses.append(value)
+            loss_sum, seen = loss_sum + value * len(y), seen + len(y)
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+    return loss_sum / max(seen, 1), losses
+
+
 def train(model_name: str, data: str | None = None, *, data_dir: str | os.PathLike | None = None,
           img_size: int | None = None, in_chans: int | None = None, epochs: int | None = None,
           batch_size: int | None = None, lr: float | None = None, weight_decay: float | None = None,
@@ -265,8 +288,6 @@ def train(model_name: str, data: str | None = None, *, data_dir: str | os.PathLi
     from .data.datasets import balanced_indices, batches, check_compatible, load_images
     from .models.factory import build_model
     from .models.registry import resolve_name
-    from .progress import progress_bar
-
     log = log or (lambda message: None)
     name = resolve_name(model_name)
     out_dir = Path(out) if out is not None else Path("runs") / name
@@ -387,25 +408,12 @@ def train(model_name: str, data: str | None = None, *, data_dir: str | os.PathLi
             if settings["augment"]:
                 epoch_set.images = augment_images(epoch_set.images, rng, pad, flip)
             model.train()
-            loss_sum, seen = 0.0, 0
-            with progress_bar(total=steps_per_epoch, desc=f"epoch {epoch}/{settings['epochs']}",
-                              unit="batch") as bar:
-                for x, y in batches(epoch_set, cfg, settings["batch_size"]):
-                    x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-                    loss = criterion(model(x), y)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise EdgevitError(f"training diverged at epoch {epoch} (loss {value}); lower --lr")
-                    step_losses.append(value)
-                    loss_sum, seen = loss_sum + value * len(y), seen + len(y)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            train_loss, losses = run_epoch(model, batches(epoch_set, cfg, settings["batch_size"]), criterion,
+                                           optimizer, scheduler, dev, f"epoch {epoch}/{settings['epochs']}",
+                                           steps_per_epoch, f"training at epoch {epoch}")
+            step_losses += losses
             scores = evaluate(model, eval_set, cfg, settings["batch_size"], dev, desc=f"testing epoch {epoch}")
-            entry = {"epoch": epoch, "train_loss": round(loss_sum / seen, 5),
+            entry = {"epoch": epoch, "train_loss": round(train_loss, 5),
                      **{key: round(value, 5) for key, value in scores.items()},
                      "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - epoch_start, 2)}
             history.append(entry)

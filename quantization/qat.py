@@ -62,7 +62,7 @@ QUANTIZERS = {
 FOLD_QUANTIZE = {"tflite": False}  # litert-torch reads the quantize/dequantize pairs itself
 CONVERTER_OPTIONS = {"coreml": {"minimum_target": "iOS17"}}
 CALIBRATION_BATCHES = 8  # no-grad batches that set the fake-quant ranges before the first weight update
-DEFAULTS = {"epochs": 2, "lr": 1e-4, "batch_size": 64, "weight_decay": 0.05, "label_smoothing": 0.1, "seed": 0}
+DEFAULTS = {"epochs": 2, "lr": 1e-5, "batch_size": 64, "weight_decay": 0.05, "label_smoothing": 0.1, "seed": 0}
 
 
 @dataclass
@@ -326,7 +326,7 @@ def qat(model_name: str, weights: str | os.PathLike, target: str, data: str | No
     from edgevit.models import create_model
     from edgevit.models.registry import resolve_name
     from edgevit.progress import progress_bar
-    from edgevit.train import (NO_FLIP_SOURCES, WARMUP_FRACTION, _atomic_save, _param_groups, _write_json,
+    from edgevit.train import (NO_FLIP_SOURCES, WARMUP_FRACTION, _atomic_save, _param_groups, _write_json, run_epoch,
                                augment_images, evaluate, resolve_device, warmup_cosine)
     from torchao.quantization.pt2e import move_exported_model_to_train
 
@@ -428,26 +428,15 @@ def qat(model_name: str, weights: str | os.PathLike, target: str, data: str | No
             epoch_set = train_set.subset(rng.permutation(len(train_set)))
             epoch_set.images = augment_images(epoch_set.images, rng, pad, flip)
             move_exported_model_to_train(prepared)
-            loss_sum, seen = 0.0, 0
-            with progress_bar(total=steps_per_epoch, desc=f"QAT epoch {epoch}/{settings['epochs']}",
-                              unit="batch") as bar:
-                for x, y, _ in _static_batches(epoch_set, cfg, batch, drop_last=True):
-                    x, y = x.to(dev), y.to(dev)
-                    loss = criterion(prepared(x), y)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise EdgevitError(f"QAT diverged at epoch {epoch} (loss {value}); lower --lr")
-                    step_losses.append(value)
-                    loss_sum, seen = loss_sum + value * len(y), seen + len(y)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            train_loss, losses = run_epoch(prepared, ((x, y) for x, y, _ in _static_batches(epoch_set, cfg, batch,
+                                                                                             drop_last=True)),
+                                           criterion, optimizer, scheduler, dev,
+                                           f"QAT epoch {epoch}/{settings['epochs']}", steps_per_epoch,
+                                           f"QAT at epoch {epoch}")
+            step_losses += losses
             after_int8 = evaluate_static(converted(prepared, target), eval_set, cfg, batch, dev,
                                          desc=f"testing QAT epoch {epoch}")
-            entry = {"epoch": epoch, "train_loss": round(loss_sum / max(seen, 1), 5), **after_int8,
+            entry = {"epoch": epoch, "train_loss": round(train_loss, 5), **after_int8,
                      "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - epoch_start, 2)}
             history.append(entry)
             log(f"QAT epoch {epoch}/{settings['epochs']}: train loss {entry['train_loss']:.4f}, int8 top-1 "
@@ -456,6 +445,9 @@ def qat(model_name: str, weights: str | os.PathLike, target: str, data: str | No
         trained_params = prepared.state_dict()
         float_state = {key: (trained_params[key] if key in trained_params else value).detach().cpu().clone()
                        for key, value in model.state_dict().items()}
+        # the fine-tuned float weights alone: tells a quantization loss from a fine-tuning one
+        model.load_state_dict(float_state)
+        after_float = _rounded(evaluate(model, eval_set, cfg, batch, dev, desc="testing fine-tuned float"))
     finally:
         if dev.type == "cpu":
             torch.use_deterministic_algorithms(previous_determinism[0], warn_only=previous_determinism[1])
@@ -463,7 +455,7 @@ def qat(model_name: str, weights: str | os.PathLike, target: str, data: str | No
     seconds = round(time.perf_counter() - started, 2)
     import torchao
 
-    qat_metrics = {"before": {"float": before_float, "int8": before_int8}, "after": {"int8": after_int8},
+    qat_metrics = {"before": {"float": before_float, "int8": before_int8}, "after": {"int8": after_int8, "float": after_float},
                    "test": eval_set.name, "test_samples": len(eval_set), "epochs": history}
     metadata = {**trained, "format": FORMAT, "kind": KIND, "edgevit_version": __version__,
                 "metrics": {key: after_int8[key] for key in ("top1", "top5", "test_loss")},
@@ -481,7 +473,8 @@ def qat(model_name: str, weights: str | os.PathLike, target: str, data: str | No
     metrics = {"model": name, "target": target, "checkpoint": str(qat_path), **metadata["qat"]}
     _write_json(metrics, metrics_path)
     log(f"top-1: float {before_float['top1']:.2f}% -> int8 calibrated {before_int8['top1']:.2f}% -> QAT "
-        f"{after_int8['top1']:.2f}% ({seconds:.0f} s); wrote {qat_path}")
+        f"{after_int8['top1']:.2f}% (its float weights alone: {after_float['top1']:.2f}%; {seconds:.0f} s); wrote "
+        f"{qat_path}")
     return QatResult(checkpoint=qat_path, metrics=metrics, out=out_dir, step_losses=step_losses)
 
 
@@ -503,7 +496,8 @@ def summary(metrics: dict) -> str:
     """One line for the CLI."""
     m = metrics["metrics"]
     return (f"top-1 float {m['before']['float']['top1']:.2f}% -> int8 calibrated {m['before']['int8']['top1']:.2f}% "
-            f"-> QAT {m['after']['int8']['top1']:.2f}% on {m['test_samples']} {m['test']} images")
+            f"-> QAT {m['after']['int8']['top1']:.2f}% (fine-tuned float {m['after']['float']['top1']:.2f}%) on "
+            f"{m['test_samples']} {m['test']} images")
 
 
 __all__ = ["QAT_RECIPE", "QatResult", "load", "qat", "qat_quantizer", "read_qat", "rebuild"]

@@ -69,7 +69,8 @@ def test_qat_checkpoint_converts_to_a_verified_int8_bundle(target, qat_runs, tmp
     assert info["layer_norm"] == "native" and info["epochs"] == 1 and info["seed"] == 0
     scores = info["metrics"]
     assert scores["test_samples"] == 64
-    for entry in (scores["before"]["float"], scores["before"]["int8"], scores["after"]["int8"]):
+    for entry in (scores["before"]["float"], scores["before"]["int8"], scores["after"]["int8"],
+                  scores["after"]["float"]):
         assert 0 <= entry["top1"] <= entry["top5"] <= 100
     assert scores["after"]["int8"] == {k: scores["epochs"][-1][k] for k in ("test_loss", "top1", "top5")}
     assert saved["qat_state"] and all(k.startswith("activation_post_process_") for k in saved["qat_state"])
