@@ -12,12 +12,11 @@ from pathlib import Path
 from ..errors import EdgevitError
 from . import host
 from .environment import host_environment
-from .measurement import new_measurement
+from .measurement import RUNTIMES, new_measurement
 from .ssh import SshTarget
 
 DEVICE_TARGETS = {"host": ("executorch", "tflite", "onnx") + (("coreml",) if sys.platform == "darwin" else ()),
                   "android": ("executorch", "tflite"), "jetson": ("onnx",), "ios": ("coreml",)}
-RUNTIMES = {"executorch": "executorch", "tflite": "litert", "onnx": "onnxruntime", "coreml": "coreml"}
 PARITY_FILE = "parity.json"  # written into a bundle by `edgevit parity`; bench shows its top-1 drop
 IOS_MESSAGE = ("iOS benchmarks need macOS, Xcode and a connected iPhone; this harness cannot run them here. "
                "Until the sample app's benchmark mode lands, open the bundle's model.mlpackage in Xcode and use its "
@@ -169,7 +168,7 @@ def bench(items, device: str = "host", warmup: int = 10, iters: int = 50, thread
     return {"schema_version": 1, "created": started, "command": None, "device": name,
             "environment": environment,
             "settings": {"warmup": warmup, "iters": iters, "threads": threads or environment.get("cores"),
-                         "interleaved": target_device.kind == "host" or (runners and "edgevit" in str(runners[0])),
+                         "interleaved": target_device.kind == "host" or "edgevit" in str(next(iter(runners), "")),
                          "chunk": chunk},
             "measurements": measurements}
 

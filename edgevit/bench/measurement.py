@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from .stats import is_unstable, summarize
 
+RUNTIMES = {"executorch": "executorch", "tflite": "litert", "onnx": "onnxruntime", "coreml": "coreml"}  # by target
+
 
 def new_measurement(name: str, device: str, threads: int | None, bundle=None, variant: str | None = None,
                     target: str | None = None, precision: str | None = None, runtime: str | None = None) -> dict:

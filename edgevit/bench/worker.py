@@ -54,10 +54,12 @@ def _load_bundle(path: str, threads: int | None):
     from edgevit.converters import get_target
     from edgevit.converters.bundle import read_bundle
 
+    from .measurement import RUNTIMES
+
     bundle = read_bundle(path)
     target = get_target(bundle.target)
-    runtime = {"executorch": "executorch", "tflite": "litert", "onnx": "onnxruntime", "coreml": "coreml"}[target.NAME]
-    return target.load(bundle.artifact, threads), _input_chw(bundle.manifest), runtime, target.toolchain_versions()
+    return (target.load(bundle.artifact, threads), _input_chw(bundle.manifest), RUNTIMES[target.NAME],
+            target.toolchain_versions())
 
 
 def _load_eager(spec: dict, threads: int | None):
