@@ -126,6 +126,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
                "tflite": {"nhwc": args.nhwc},
                "onnx": {"opset": args.opset}}
     log = (lambda message: print(message, file=sys.stderr, flush=True))
+    if args.max_drop is not None:
+        return _convert_within_budget(args, log)
     outcomes = convert(args.model, targets=args.target, out=args.out, weights=args.weights,
                        pretrained=args.pretrained, precision=args.precision, img_size=args.img_size,
                        num_classes=args.num_classes, force=args.force, verify=not args.no_verify,
@@ -150,6 +152,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if failed:
         print(f"\n{len(failed)} conversion(s) failed; see the messages above.", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _convert_within_budget(args: argparse.Namespace, log) -> int:
+    from .parity import quantize_within_budget
+
+    if not args.quantize or not args.weights:
+        raise EdgevitError("--max-drop measures the int8 drop against trained float weights on labelled data: give "
+                           "--quantize RECIPE, --weights best.pt (edgevit train) and --calib DATA.")
+    report = quantize_within_budget(args.model, args.weights, args.target, args.quantize, args.max_drop,
+                                    args.calib or "fashion-mnist", out=args.out, force=args.force,
+                                    keep_failed=args.keep_failed, data_dir=args.data_dir,
+                                    calib_samples=args.calib_samples, eval_samples=args.eval_samples,
+                                    keep_float=tuple(args.keep_float or ()), log=log)
+    return _print_parity(report)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -197,19 +213,27 @@ def cmd_qat(args: argparse.Namespace) -> int:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    from .parity import COLUMNS, parity, table_rows
+    from .parity import parity
 
     log = (lambda message: print(message, file=sys.stderr, flush=True))
     report = parity(args.model, args.weights, data=args.data, targets=args.targets, recipes=args.quantize or (),
                     precisions=args.precisions, data_dir=args.data_dir, calib_samples=args.calib_samples,
                     eval_samples=args.eval_samples, out=args.out, max_drop=args.max_drop,
                     keep_float=tuple(args.keep_float or ()), threads=args.threads, log=log)
+    return _print_parity(report)
+
+
+def _print_parity(report) -> int:
+    from .parity import COLUMNS, table_rows
+
     print()
     _print_table(table_rows(report), COLUMNS)
     print(f"\n{report.eval_images} images of {report.data}; report: {report.out / 'parity.md'} (and parity.json)")
     for row in report.rows:
         if row.get("attempts") and row["status"] == "ok":
             print(f"{row['target']} {row['precision']}: kept float to fit the budget: {', '.join(row['float_layers'])}")
+        if row.get("bundle"):
+            print(f"{row['target']} {row['precision']}: {row['bundle']}")
     for line in report.failures:
         print(f"edgevit: budget broken: {line}", file=sys.stderr)
     for row in report.rows:
@@ -331,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     quantizing.add_argument("--data-dir", metavar="DIR", help="where --calib's files are [the source's default place]")
     quantizing.add_argument("--keep-float", action="append", metavar="MODULE",
                             help="keep this module (e.g. blocks.0.mlp.fc2) in float; repeatable")
+    quantizing.add_argument("--max-drop", type=float, metavar="PTS",
+                            help="accepted top-1 drop in points, measured on the test split of --calib in the "
+                                 "artifact's own runtime (needs --weights from edgevit train); over it, the most "
+                                 "int8-sensitive layers stay float (1, 2, 4, ...) until it fits; writes parity.md")
+    quantizing.add_argument("--eval-samples", type=int, metavar="N",
+                            help="with --max-drop: measure on a class-balanced N test images [the whole test split]")
     convert.set_defaults(run=cmd_convert)
 
     training = commands.add_parser(

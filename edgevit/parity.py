@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -69,13 +70,13 @@ def parity(model_name: str, weights: str | Path, data: str = "fashion-mnist", ta
            precisions=None, *, data_dir: str | None = None, calib_samples: int = 256, eval_samples: int | None = None,
            out: str | Path = "edgevit-parity", max_drop: float | None = None, budgets: dict | None = None,
            keep_float=(), qat: bool | None = None, threads: int | None = None,
-           sensitivity_images: int = SENSITIVITY_IMAGES,
+           sensitivity_images: int = SENSITIVITY_IMAGES, bundles_out: str | Path | None = None,
            log: Callable[[str], None] = lambda message: None) -> ParityReport:
     """Convert the trained float model to every requested bundle, score all on held-out data, judge the budgets.
 
     `recipes` and `precisions` are names ("int8", "fp16") that apply to every target offering them, or
     TARGET:NAME ("tflite:dynamic-int8") for one target. `precisions=None` means each target's default (fp32;
-    Core ML fp16); `[]` converts only the recipes. Bundles go to OUT/bundles, the report to OUT/parity.json and
+    Core ML fp16); `[]` converts only the recipes. Bundles go to `bundles_out` (default OUT/bundles), the report to OUT/parity.json and
     OUT/parity.md, and each bundle gets its own parity.json. `eval_samples` scores a class-balanced part of the test
     split (default: all of it). `max_drop` (points) tightens the quantized budget and lets a quantized artifact
     over it keep its most sensitive layers float until it fits; `keep_float` modules stay float in every quantized
@@ -102,7 +103,7 @@ def parity(model_name: str, weights: str | Path, data: str = "fashion-mnist", ta
     check_compatible(evaluation, cfg["num_classes"], cfg["input_size"][0])
     qat = trained_with_qat(model) if qat is None else qat
     out = Path(out)
-    bundles = out / "bundles"
+    bundles = Path(bundles_out) if bundles_out is not None else out / "bundles"
 
     with torch.no_grad():
         float_logits = np.concatenate([model(x).float().numpy() for x, _ in batches(evaluation, cfg)])
@@ -162,6 +163,43 @@ def parity(model_name: str, weights: str | Path, data: str = "fashion-mnist", ta
     out.mkdir(parents=True, exist_ok=True)
     (out / "parity.json").write_text(json.dumps(report.to_dict(), indent=1) + "\n")
     (out / "parity.md").write_text(markdown(report))
+    return report
+
+
+def quantize_within_budget(model_name: str, weights: str | Path, targets, recipe: str, max_drop: float,
+                           data: str = "fashion-mnist", *, out: str | Path = "edgevit-out", force: bool = False,
+                           keep_failed: bool = False, **options) -> ParityReport:
+    """`edgevit convert --quantize RECIPE --max-drop PTS`: quantize for each target, measure the top-1 drop against
+    the float model on the test split of `data` (the calibration source) in the artifact's own runtime, and keep
+    the most int8-sensitive layers float until the drop is at most `max_drop` points.
+
+    Bundles land where `convert` puts them (OUT/VARIANT/TARGET-PRECISION, each with its parity.json), the report in
+    OUT/parity.md and OUT/parity.json. A bundle that cannot meet the budget is removed, or kept as DIR.failed with
+    `keep_failed`; `report.failures` says what was tried. `options` go to `parity` (calib_samples, eval_samples,
+    data_dir, keep_float, threads, log).
+    """
+    from .convert import bundle_dir
+    from .converters.bundle import check_destination
+    from .models import resolve_name
+    from .quantization.recipes import get_recipe
+
+    if max_drop is None:
+        raise EdgevitError("--max-drop takes the accepted top-1 drop in points, e.g. --max-drop 0.5")
+    variant = resolve_name(model_name)
+    for target in resolve_targets(targets):
+        check_destination(bundle_dir(Path(out), variant, target, get_recipe(target, recipe).precision), force)
+    report = parity(model_name, weights, data, targets, [recipe], [], max_drop=max_drop, out=out, bundles_out=out,
+                    **options)
+    for row in report.rows:
+        if row.get("status") == "over budget" and row.get("bundle"):
+            bundle = Path(row["bundle"])
+            if keep_failed:
+                shutil.rmtree(f"{bundle}.failed", ignore_errors=True)
+                bundle.rename(f"{bundle}.failed")
+                row["bundle"] = f"{bundle}.failed"
+            else:
+                shutil.rmtree(bundle)
+                row["bundle"] = None
     return report
 
 

@@ -91,7 +91,7 @@ VARIANTS = {
         description="T2T-ViT-14-wide: D=768, 4 blocks (wide-ResNet-style), no published weights"),
 }
 
-PERFORMER_EPSILON = 1e-8  # official value; the normaliser is computed in float32, where it does not underflow
+PERFORMER_EPSILON = 1e-8  # official value; enters the shifted form below as log(m * eps) - shifts, exactly
 
 
 def sinusoid_table(num_tokens: int, dim: int) -> torch.Tensor:
@@ -119,6 +119,18 @@ def sum_last_dim(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(1, batch * tokens, width, 1).mean(dim=(2, 3), keepdim=True).reshape(batch, tokens, 1) * float(width)
 
 
+def _row_max(x: torch.Tensor) -> torch.Tensor:
+    """x.amax(-1, keepdim=True) for (B, T, W), as a max pool every backend takes (XNNPACK's amax needs 4-D)."""
+    batch, tokens, width = x.shape
+    return F.max_pool2d(x.reshape(batch, 1, tokens, width), (1, width), (1, width)).reshape(batch, tokens, 1)
+
+
+def _all_max(x: torch.Tensor) -> torch.Tensor:
+    """The max over all of (T, W) per batch element, (B, T, W) -> (B, 1, 1), as one max pool."""
+    batch, tokens, width = x.shape
+    return F.max_pool2d(x.reshape(batch, 1, tokens, width), (tokens, width), (tokens, width)).reshape(batch, 1, 1)
+
+
 class TokenPerformer(nn.Module):
     """The official `Token_performer`: single-head linear attention with positive random features.
 
@@ -141,29 +153,36 @@ class TokenPerformer(nn.Module):
         w = nn.init.orthogonal_(torch.randn(self.m, in_dim)) * math.sqrt(self.m)
         self.w = nn.Parameter(w, requires_grad=False)
 
-    def prm_exp(self, x: torch.Tensor) -> torch.Tensor:
-        """exp(w·x - |x|²/2) / sqrt(m), (B, T, emb) float32 -> (B, T, m) float32."""
+    def prm_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """w·x - |x|²/2, the exponent of the official `prm_exp`: (B, T, emb) float32 -> (B, T, m) float32."""
         batch, tokens, width = x.shape
         half_sq_norm = sum_last_dim(x * x) * 0.5  # float scalars throughout: an int one exports as a cast
         # a 2-D linear with the constant w: a matmul of the (strided) k/q slice would export as expand + bmm, and
         # an mm with a transposed parameter is not delegated by XNNPACK
         wtx = F.linear(x.reshape(batch * tokens, width), _as_float32(self.w)).reshape(batch, tokens, self.m)
-        return torch.exp(wtx - half_sq_norm) / math.sqrt(self.m)
+        return wtx - half_sq_norm
 
     def single_attn(self, x: torch.Tensor) -> torch.Tensor:
         kqv = self.kqv(x)
         emb = self.emb
         # split order is k, q, v (official); last-dim slices, which every backend delegates
         k, q, v = kqv[..., :emb], kqv[..., emb:2 * emb], kqv[..., 2 * emb:]
-        # float32 from here to the normalised output, whatever the model's dtype: exp(w·x - |x|²/2) and the
-        # 1e-8 epsilon overflow or underflow in fp16 (T2T-ViT issues #65, #69)
+        # float32 from here to the normalised output, whatever the model's dtype (T2T-ViT issues #65, #69)
         v32 = _as_float32(v)
-        kp, qp = self.prm_exp(_as_float32(k)), self.prm_exp(_as_float32(q))  # (B, T, m)
+        k_logits, q_logits = self.prm_logits(_as_float32(k)), self.prm_logits(_as_float32(q))  # (B, T, m)
+        # The official exp(w·x - |x|²/2) reaches -87 on trained models, where float32 turns subnormal and runtimes
+        # disagree (ONNX Runtime and XNNPACK flush to zero, PyTorch does not). Shifting q's features by their max
+        # per token and k's by one max over all keys keeps every exp in (0, 1]; the shifts cancel in the ratio and
+        # survive only in the epsilon term, exp(log(m * eps) - q_shift - k_shift), so the result is the official
+        # one in exact arithmetic (an inf there is the official limit, y -> 0).
+        q_shift, k_shift = _row_max(q_logits), _all_max(k_logits)  # (B, T, 1), (B, 1, 1)
+        qp, kp = torch.exp(q_logits - q_shift), torch.exp(k_logits - k_shift)
         normaliser = torch.bmm(qp, sum_last_dim(kp.transpose(1, 2)))  # (B, T, 1) = qp · Σ_t kp
         # kpᵀv first, so both products take activations in their natural layout (LiteRT would turn
         # qp · (vᵀkp)ᵀ into a FULLY_CONNECTED with activation weights, which XNNPACK rejects)
         ktv = torch.bmm(kp.transpose(1, 2), v32)  # (B, m, emb)
-        y = torch.bmm(qp, ktv) / (normaliser + PERFORMER_EPSILON)  # (B, T, emb)
+        epsilon = torch.exp(math.log(self.m * PERFORMER_EPSILON) - q_shift - k_shift)
+        y = torch.bmm(qp, ktv) / (normaliser + epsilon)  # (B, T, emb)
         return v + self.dp(self.proj(y.to(v.dtype) if v.dtype != y.dtype else y))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -67,12 +67,12 @@ def _official_performer_attention(layer: TokenPerformer, x: torch.Tensor) -> tor
 
     def prm_exp(z):
         zd = ((z * z).sum(dim=-1, keepdim=True)).repeat(1, 1, layer.m) / 2
-        wtz = torch.einsum("bti,mi->btm", z.float(), layer.w)
+        wtz = torch.einsum("bti,mi->btm", z.to(layer.w.dtype), layer.w)
         return torch.exp(wtz - zd) / math.sqrt(layer.m)
 
     kp, qp = prm_exp(k), prm_exp(q)
     normaliser = torch.einsum("bti,bi->bt", qp, kp.sum(dim=1)).unsqueeze(dim=2)
-    kptv = torch.einsum("bin,bim->bnm", v.float(), kp)
+    kptv = torch.einsum("bin,bim->bnm", v.to(kp.dtype), kp)
     y = torch.einsum("bti,bni->btn", qp, kptv) / (normaliser.repeat(1, 1, layer.emb) + 1e-8)
     return v + layer.proj(y)
 
@@ -155,3 +155,23 @@ def test_every_published_url_is_a_release_file():
     with_weights = {n for n in list_models(family="t2t") if edgevit.get_variant(n).cfg.has_weights}
     assert with_weights == set(list_models(family="t2t")) - {"t2t_vit_14_resnext", "t2t_vit_14_wide"}
 
+
+
+def test_performer_is_exact_where_the_official_exp_turns_subnormal():
+    # Trained models push w·x - |x|²/2 below -87, where float32 exp is subnormal and ONNX Runtime and XNNPACK flush
+    # it to zero: with flushing on, the shifted form must still equal the official formula in float64.
+    torch.manual_seed(0)
+    layer = TokenPerformer(147, 64).eval()
+    x = torch.randn(2, 50, 147) * 6.0
+    with torch.no_grad():
+        _, q, _ = torch.split(layer.kqv(x), layer.emb, dim=-1)
+        assert layer.prm_logits(q).max() < -87, "the inputs must reach the subnormal range to test anything"
+        exact = _official_performer_attention(layer.double(), x.double()).float()
+        layer.float()
+        if not torch.set_flush_denormal(True):
+            pytest.skip("this CPU cannot flush subnormals")
+        try:
+            shifted = layer.single_attn(x)
+        finally:
+            torch.set_flush_denormal(False)
+    assert torch.allclose(shifted, exact, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,101 @@
+"""The parity table of issue 4: one model per family trained on Fashion-MNIST at 32x32, then every target and recipe
+scored against it on the whole test split, each artifact in its own runtime.
+
+    python benchmarks/parity_suite.py --out benchmarks/results            # train what is missing, then score
+    python benchmarks/parity_suite.py --models t2t_vit_7 --skip-train      # score existing runs/suite/* only
+
+Float runs go to runs/suite/MODEL (git-ignored; `edgevit train` with the settings below, skipped when best.pt is
+there), bundles to runs/suite/MODEL/parity/bundles; OUT/parity/MODEL.{json,md} and OUT/parity.md are the results.
+Equivalent per model: `edgevit train MODEL --img-size 32 --train-samples N --epochs E --batch-size B --out
+runs/suite/MODEL` then `edgevit parity MODEL --weights runs/suite/MODEL/best.pt --targets all --precisions fp32
+fp16 --quantize RECIPES...`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from edgevit.parity import markdown, parity
+from edgevit.quantization.recipes import RECIPES
+from edgevit.train import train
+
+MODELS = ("tnt_ti", "t2t_vit_7", "nest_tiny", "crossvit_tiny_240")
+RUNS = Path("runs/suite")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--train-samples", type=int, default=15000, help="class-balanced training images [15000]")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--skip-train", action="store_true", help="score only models already trained")
+    parser.add_argument("--eval-samples", type=int, default=None, help="test images [the whole test split]")
+    parser.add_argument("--calib-samples", type=int, default=256)
+    parser.add_argument("--max-drop", type=float, default=None, help="passed to parity (keeps layers float)")
+    parser.add_argument("--threads", type=int, default=1, help="runtime threads while scoring [1]")
+    args = parser.parse_args(argv)
+
+    out = Path(args.out)
+    (out / "parity").mkdir(parents=True, exist_ok=True)
+    recipes = sorted({f"{target}:{name}" for target, name in RECIPES})
+    summaries = []
+    for name in args.models:
+        run = RUNS / name
+        weights = run / "best.pt"
+        if not weights.is_file():
+            if args.skip_train:
+                print(f"{name}: no {weights}, skipped (--skip-train)")
+                continue
+            train(name, data="fashion-mnist", img_size=32, train_samples=args.train_samples, epochs=args.epochs,
+                  batch_size=args.batch_size, eval_samples=2000, out=run, log=print)
+        started = time.perf_counter()
+        report = parity(name, weights, targets=["all"], precisions=["fp32", "fp16"], recipes=recipes,
+                        calib_samples=args.calib_samples, eval_samples=args.eval_samples, max_drop=args.max_drop,
+                        threads=args.threads, out=run / "parity", log=print)
+        seconds = time.perf_counter() - started
+        shutil.copy(run / "parity" / "parity.json", out / "parity" / f"{name}.json")
+        shutil.copy(run / "parity" / "parity.md", out / "parity" / f"{name}.md")
+        metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+        summaries.append((name, report, metrics, seconds))
+        print(markdown(report))
+    if summaries:
+        (out / "parity.md").write_text(_combined(summaries, args, argv if argv is not None else sys.argv[1:]))
+        print(f"wrote {out / 'parity.md'}")
+    return 0
+
+
+def _combined(summaries, args, argv) -> str:
+    lines = ["# Parity on Fashion-MNIST (issue 4)", "",
+             f"`python benchmarks/parity_suite.py {' '.join(argv)}` on {platform.processor() or platform.machine()}, "
+             f"runtime threads {args.threads}. Each model trained from scratch at 32x32 on {args.train_samples} "
+             f"class-balanced Fashion-MNIST training images for {args.epochs} epochs (batch {args.batch_size}; "
+             "`edgevit train` defaults otherwise), then converted to every target and recipe and scored on the "
+             "test split in each artifact's own runtime. Core ML packages are built and inspected but not run "
+             "(Core ML runs only on macOS).", ""]
+    for name, report, metrics, seconds in summaries:
+        lines += [f"## {name}", "",
+                  f"float top-1 {report.reference['top1']:.2f} % on {report.images} test images; "
+                  f"training: {_training_line(metrics)}; scoring took {seconds / 60:.1f} min.", ""]
+        body = markdown(report).split("\n")
+        table_start = next((i for i, line in enumerate(body) if line.startswith("|")), len(body))
+        lines += body[table_start:] + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _training_line(metrics: dict) -> str:
+    if not metrics:
+        return "no metrics.json"
+    epochs = ", ".join(f"{epoch['top1']:.1f}" for epoch in metrics.get("epochs", []))
+    return (f"{metrics['seconds'] / 60:.0f} min on {metrics['device']}, test top-1 per epoch (2,000 images) "
+            f"{epochs}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
