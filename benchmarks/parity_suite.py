@@ -13,13 +13,15 @@ fp16 --quantize RECIPES...`.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
+from edgevit.bench.environment import cpu_model
+from edgevit.converters import resolve_targets
 from edgevit.parity import markdown, parity
 from edgevit.quantization.recipes import RECIPES
 from edgevit.train import train
@@ -40,14 +42,17 @@ def main(argv=None) -> int:
     parser.add_argument("--calib-samples", type=int, default=256)
     parser.add_argument("--max-drop", type=float, default=None, help="passed to parity (keeps layers float)")
     parser.add_argument("--threads", type=int, default=1, help="runtime threads while scoring [1]")
+    parser.add_argument("--targets", nargs="+", default=["all"], help="targets to score [all]")
+    parser.add_argument("--runs", default=str(RUNS), help=f"where the float runs and bundles go [{RUNS}]")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
     (out / "parity").mkdir(parents=True, exist_ok=True)
-    recipes = sorted({f"{target}:{name}" for target, name in RECIPES})
-    summaries = []
+    targets = resolve_targets(args.targets)
+    recipes = sorted(f"{target}:{name}" for target, name in RECIPES if target in targets)
+    command = "python benchmarks/parity_suite.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for name in args.models:
-        run = RUNS / name
+        run = Path(args.runs) / name
         weights = run / "best.pt"
         if not weights.is_file():
             if args.skip_train:
@@ -56,37 +61,40 @@ def main(argv=None) -> int:
             train(name, data="fashion-mnist", img_size=32, train_samples=args.train_samples, epochs=args.epochs,
                   batch_size=args.batch_size, eval_samples=2000, out=run, log=print)
         started = time.perf_counter()
-        report = parity(name, weights, targets=["all"], precisions=["fp32", "fp16"], recipes=recipes,
+        report = parity(name, weights, targets=targets, precisions=["fp32", "fp16"], recipes=recipes,
                         calib_samples=args.calib_samples, eval_samples=args.eval_samples, max_drop=args.max_drop,
                         threads=args.threads, out=run / "parity", log=print)
-        seconds = time.perf_counter() - started
-        shutil.copy(run / "parity" / "parity.json", out / "parity" / f"{name}.json")
-        shutil.copy(run / "parity" / "parity.md", out / "parity" / f"{name}.md")
+        minutes = (time.perf_counter() - started) / 60
         metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
-        summaries.append((name, report, metrics, seconds))
+        shutil.copy(run / "parity" / "parity.json", out / "parity" / f"{name}.json")
+        (out / "parity" / f"{name}.md").write_text(_section(name, report, metrics, minutes, command, args))
         print(markdown(report))
-    if summaries:
-        (out / "parity.md").write_text(_combined(summaries, args, argv if argv is not None else sys.argv[1:]))
-        print(f"wrote {out / 'parity.md'}")
+    sections = [out / "parity" / f"{name}.md" for name in MODELS if (out / "parity" / f"{name}.md").is_file()]
+    (out / "parity.md").write_text("\n".join([HEADER] + [path.read_text() for path in sections]))
+    print(f"wrote {out / 'parity.md'} ({len(sections)} models)")
     return 0
 
 
-def _combined(summaries, args, argv) -> str:
-    lines = ["# Parity on Fashion-MNIST (issue 4)", "",
-             f"`python benchmarks/parity_suite.py {' '.join(argv)}` on {platform.processor() or platform.machine()}, "
-             f"runtime threads {args.threads}. Each model trained from scratch at 32x32 on {args.train_samples} "
-             f"class-balanced Fashion-MNIST training images for {args.epochs} epochs (batch {args.batch_size}; "
-             "`edgevit train` defaults otherwise), then converted to every target and recipe and scored on the "
-             "test split in each artifact's own runtime. Core ML packages are built and inspected but not run "
-             "(Core ML runs only on macOS).", ""]
-    for name, report, metrics, seconds in summaries:
-        lines += [f"## {name}", "",
-                  f"float top-1 {report.reference['top1']:.2f} % on {report.images} test images; "
-                  f"training: {_training_line(metrics)}; scoring took {seconds / 60:.1f} min.", ""]
-        body = markdown(report).split("\n")
-        table_start = next((i for i, line in enumerate(body) if line.startswith("|")), len(body))
-        lines += body[table_start:] + [""]
-    return "\n".join(lines).rstrip() + "\n"
+HEADER = """# Parity on Fashion-MNIST (issue 4)
+
+One model per family trained from scratch at 32x32 on Fashion-MNIST, converted to every target and recipe, and
+scored on the test split in each artifact's own runtime (`benchmarks/parity_suite.py`; each section gives its
+command and training). Core ML packages are built and inspected but not run: Core ML runs only on macOS.
+Latency is the median per image in the artifact's runtime on this host (batch 1), for comparing recipes only.
+"""
+
+
+def _section(name, report, metrics, minutes, command, args) -> str:
+    body = markdown(report).split("\n")
+    table_start = next((i for i, line in enumerate(body) if line.startswith("|")), len(body))
+    return "\n".join([
+        f"## {name}", "",
+        f"`{command}` on {cpu_model()}, runtime threads {args.threads}, "
+        f"{datetime.date.today()}.", "",
+        f"Float model: trained on {args.train_samples} class-balanced training images for {args.epochs} epoch(s) "
+        f"(batch {args.batch_size}, `edgevit train` defaults otherwise; {_training_line(metrics)}); "
+        f"top-1 {report.reference['top1']:.2f} % on {report.eval_images} test images. Scoring took {minutes:.0f} min.",
+        ""] + body[table_start:]).rstrip() + "\n"
 
 
 def _training_line(metrics: dict) -> str:
