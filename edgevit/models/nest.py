@@ -7,8 +7,9 @@ Export-friendly forms (each exact to what it replaces; tests/models/test_nest.py
 - blockify / deblockify with rank-4 reshapes instead of timm's 6-D ones;
 - attention per block on (B*T, N, C) as 3-D `bmm` (timm: 5-D matmuls), output channels head-minor so timm's
   `proj` weights load unchanged;
-- TF-'SAME' max pool (the `_jx` weights) as "replicate the last row and column, then max_pool2d(3, 2)"
-  instead of a run-time -inf pad: a replicated value never exceeds the window maximum it joins;
+- the padded max pools (TF 'SAME' of the `_jx` weights, timm's symmetric one otherwise) as "replicate the edge
+  rows and columns, then max_pool2d(3, 2)" instead of a -inf pad: a replicated value never exceeds the window
+  maximum it joins;
 - global average pool as a mean over dims (2, 3) of the NCHW map, which XNNPACK delegates.
 """
 from __future__ import annotations
@@ -96,16 +97,20 @@ def deblockify(x: torch.Tensor, grid: tuple[int, int], block_size: int) -> torch
     return x.reshape(batch, grid_h * block_size, grid_w * block_size, channels)
 
 
-def max_pool_same(x: torch.Tensor) -> torch.Tensor:
-    """TF-'SAME' max pool 3x3 stride 2 of an NCHW map with even H and W.
+def max_pool_padded(x: torch.Tensor, pad_type: str) -> torch.Tensor:
+    """Max pool 3x3 stride 2 of an NCHW map, padded as timm pads it: 'same' (TF 'SAME', even H and W) by one
+    bottom row and right column, '' (symmetric) by one row and column on every side, both with -inf.
 
-    'SAME' pads only the bottom row and right column by one, with -inf. Each padded cell falls in a window
-    that also holds the real cell next to it, so replicating that cell gives the same maximum without a
-    -inf constant (which int8 quantizers mishandle) and with slice + cat, which every backend delegates.
+    Each padded cell falls only in windows that also hold the real cell next to it, so replicating that cell gives
+    the same maximum without a -inf constant (LiteRT's PADV2 with -inf leaves XNNPACK, int8 quantizers mishandle
+    it), using slice + cat, which every backend delegates.
     """
     height, width = x.shape[-2:]
-    x = torch.cat([x, x[:, :, height - 1:height, :]], dim=2)
-    x = torch.cat([x, x[:, :, :, width - 1:width]], dim=3)
+    if pad_type != "same":
+        x = torch.cat([x[:, :, :1, :], x], dim=2)
+        x = torch.cat([x[:, :, :, :1], x], dim=3)
+    x = torch.cat([x, x[:, :, -1:, :]], dim=2)
+    x = torch.cat([x, x[:, :, :, -1:]], dim=3)
     return F.max_pool2d(x, kernel_size=3, stride=2)
 
 
@@ -132,9 +137,7 @@ class ConvPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(self.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        if self.pad_type == "same":
-            return max_pool_same(x)
-        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+        return max_pool_padded(x, self.pad_type)
 
 
 class NestLevel(nn.Module):

@@ -82,6 +82,12 @@ def test_fp32_matches_eager_with_builtin_ops_only(converted, family):
     json.dumps(report)
 
 
+def test_symmetric_nest_pool_stays_in_xnnpack(converted):
+    # timm's symmetric -inf padding became a PADV2 XNNPACK leaves out; the replicated edges keep it whole
+    _, report = converted("nest_symmetric").artifact("fp32")
+    assert report["fully_accelerated"] is True and "PADV2" not in report["ops"] and "PAD" not in report["ops"]
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fp32_is_one_xnnpack_partition(converted, family):
     _, report = converted(family).artifact("fp32")

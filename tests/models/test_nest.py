@@ -10,7 +10,7 @@ import edgevit
 from edgevit.analysis import check_export_clean
 from edgevit.errors import EdgevitError
 from edgevit.models import build_model, map_state_dict, read_state_dict, resolve_name
-from edgevit.models.nest import Nest, blockify, deblockify, max_pool_same
+from edgevit.models.nest import Nest, blockify, deblockify, max_pool_padded
 from helpers import assert_close, load_fixture, upstream_keys
 
 FIXTURE = "nest_tiny_timm"
@@ -141,7 +141,13 @@ def test_blockify_rank4_equals_timm():
 def test_same_max_pool_equals_minus_inf_pad(shape):
     x = torch.randn(shape)
     reference = F.max_pool2d(F.pad(x, (0, 1, 0, 1), value=float("-inf")), kernel_size=3, stride=2)
-    assert torch.allclose(max_pool_same(x), reference, atol=1e-5, rtol=0)
+    assert torch.equal(max_pool_padded(x, "same"), reference)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 10), (1, 4, 7, 9), (1, 2, 56, 56)])
+def test_symmetric_max_pool_equals_padded_max_pool(shape):
+    x = torch.randn(shape)
+    assert torch.equal(max_pool_padded(x, ""), F.max_pool2d(x, kernel_size=3, stride=2, padding=1))
 
 
 def test_blockwise_attention_equals_timm():
