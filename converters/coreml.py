@@ -31,6 +31,7 @@ from torch import nn
 from .. import __version__
 from ..errors import EdgevitError
 from . import predict_all
+from .pixels import PixelInput, check_normalisation, to_pixels
 
 NAME = "coreml"
 ARTIFACT = "model.mlpackage"
@@ -70,26 +71,6 @@ def toolchain_versions() -> dict:
     return {"coremltools": coremltools.__version__, "torch": torch.__version__, "numpy": np.__version__}
 
 
-class _Normalize(nn.Module):
-    """0..255 pixels -> the model's normalised input, `(x / 255 - mean) / std` as one per-channel scale and shift.
-
-    Core ML's `ImageType` has a single scale for all channels, so a per-channel std must live in the graph;
-    coremltools fuses the two into one `batch_norm`-like op.
-    """
-
-    def __init__(self, model: nn.Module, mean, std, probabilities: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.probabilities = probabilities
-        mean = torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
-        std = torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
-        self.register_buffer("scale", 1.0 / (255.0 * std))
-        self.register_buffer("shift", -mean / std)
-
-    def forward(self, x: torch.Tensor):
-        return _with_probabilities(self.model(x * self.scale + self.shift), self.probabilities)
-
-
 class _Probabilities(nn.Module):
     """(logits, softmax(logits)): the classifier's dictionary gets probabilities, `logits` stays exact."""
 
@@ -98,11 +79,8 @@ class _Probabilities(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor):
-        return _with_probabilities(self.model(x), True)
-
-
-def _with_probabilities(logits: torch.Tensor, probabilities: bool):
-    return (logits, torch.softmax(logits, dim=-1)) if probabilities else logits
+        logits = self.model(x)
+        return logits, torch.softmax(logits, dim=-1)
 
 
 def _target(ct, name: str):
@@ -176,11 +154,7 @@ def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: 
     labels = _labels(labels, cfg.get("num_classes"))
     mean, std = cfg.get("mean"), cfg.get("std")
     if image_input:
-        if mean is None or std is None:
-            raise EdgevitError("image_input=True needs the model's normalisation: model.pretrained_cfg has no "
-                               "mean/std (build the model with edgevit.create_model, or set them)")
-        if len(mean) != channels or len(std) != channels:
-            raise EdgevitError(f"mean/std have {len(mean)}/{len(std)} values for a {channels}-channel input")
+        mean, std = check_normalisation(cfg, channels, "image_input=True")
         if channels not in (1, 3):
             raise EdgevitError(f"a Core ML image input is RGB or grayscale; this model takes {channels} "
                                "channels, so convert it with image_input=False")
@@ -188,7 +162,8 @@ def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: 
     model = model.eval()
     classifier = labels is not None
     if image_input:
-        wrapped, sample = _Normalize(model, mean, std, classifier).eval(), _to_pixels(example, mean, std)
+        wrapped, sample = PixelInput(model, mean, std).eval(), to_pixels(example, mean, std)
+        wrapped = _Probabilities(wrapped).eval() if classifier else wrapped
         layout = ct.colorlayout.RGB if channels == 3 else ct.colorlayout.GRAYSCALE
         inputs = [ct.ImageType(name=INPUT_NAME, shape=tuple(sample.shape), color_layout=layout)]
     else:
@@ -276,17 +251,6 @@ def _convert_classifier(ct, program, inputs, outputs, labels, target, compute_pr
                       compute_precision=ct.precision.FLOAT32, compute_units=units, skip_model_load=True)
 
 
-def _to_pixels(images: torch.Tensor | np.ndarray, mean, std) -> torch.Tensor | np.ndarray:
-    """Normalised NCHW float images -> 0..255 float pixels (the inverse of the model's preprocessing)."""
-    shape = (1, -1, 1, 1)
-    if isinstance(images, torch.Tensor):
-        mean_t = torch.tensor(mean, dtype=images.dtype).reshape(shape)
-        std_t = torch.tensor(std, dtype=images.dtype).reshape(shape)
-        return ((images * std_t + mean_t) * 255.0).clamp(0, 255)
-    return np.clip((images * np.asarray(std, np.float32).reshape(shape)
-                    + np.asarray(mean, np.float32).reshape(shape)) * 255.0, 0, 255)
-
-
 def _load(artifact: Path):
     import coremltools as ct
 
@@ -322,7 +286,7 @@ def load(artifact: Path, threads: int | None = None, compute_units: str | None =
     def predict(image: np.ndarray) -> np.ndarray:
         feed = np.asarray(image, dtype=np.float32)[None]
         if image_input:
-            pixels = np.rint(_to_pixels(feed, mean, std)).astype(np.uint8)[0]
+            pixels = np.rint(to_pixels(feed, mean, std)).astype(np.uint8)[0]
             # uint8 (H, W) -> mode "L", (H, W, 3) -> "RGB", as the package's image input expects
             feed = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else np.ascontiguousarray(pixels.transpose(1, 2, 0)))
         result = mlmodel.predict({spec_input.name: feed})

@@ -8,6 +8,10 @@ logits, built-in ops only (no Flex, no custom ops), and the whole graph in one X
   the fp32 file; XNNPACK folds the `DEQUANTIZE` of each constant at load time, so the graph stays one partition.
 - `nhwc=True` makes the input (1, H, W, C), the layout camera pipelines produce, via
   `litert_torch.to_channel_last_io`; `run` detects the layout from the input shape.
+- `uint8_input=True` takes 0..255 uint8 pixels with the model's mean/std folded in (a CAST, then one per-channel
+  scale and shift); the mean/std also go into the file's metadata (`edgevit.pixels`), so `load` can take the usual
+  normalised images and feed the pixels they came from. The CAST runs outside XNNPACK (it has no uint8 -> float
+  cast), so the report says "not fully accelerated"; everything after it is one partition. Logits stay float32.
 
 TFLite has no LayerNorm op: litert-torch decomposes a native `layer_norm` into MEAN x2, SQUARED_DIFFERENCE, ADD,
 RSQRT, MUL, SUB (all XNNPACK builtins). Both LayerNorm forms give one XNNPACK partition. The matmul form (means as
@@ -18,6 +22,7 @@ one output channel. So this target declares "native".
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -35,6 +40,7 @@ from torch import nn
 from ..errors import EdgevitError
 from ..models.layers import LayerNorm
 from . import predict_all
+from .pixels import PixelInput, check_normalisation, to_pixels
 
 NAME = "tflite"
 ARTIFACT = "model.tflite"
@@ -43,6 +49,7 @@ LAYER_NORM = "native"
 RUNS_HERE = True
 _PROGRESS_ENV = "LITERT_TORCH_SHOW_PROGRESS"
 _OPERATOR = r"\b(?:aten|stablehlo|mhlo|chlo|tfl|tf)\.[A-Za-z_][\w.]*\w"
+PIXELS_METADATA = "edgevit.pixels"  # {"mean": [...], "std": [...]} of a uint8-input artifact
 _CUSTOM = 32  # BuiltinOperator.CUSTOM: Flex ops and custom ops are both CUSTOM with a custom_code
 # Ops that only move or reshape data: a partition break on one of these still leaves all the compute delegated.
 _LAYOUT_OPS = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "DEQUANTIZE", "QUANTIZE", "CAST"}
@@ -61,9 +68,10 @@ def toolchain_versions() -> dict:
 
 
 def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: str = "fp32",
-            nhwc: bool = False, verbose: bool = False, quant_config=None) -> dict:
-    """Write `artifact`; `nhwc=True` gives a (1, H, W, C) input; `verbose` shows litert-torch's progress and logs;
-    `quant_config` (litert-torch's QuantConfig) for a PT2E-quantized model (edgevit.quantization)."""
+            nhwc: bool = False, uint8_input: bool = False, verbose: bool = False, quant_config=None) -> dict:
+    """Write `artifact`; `nhwc=True` gives a (1, H, W, C) input; `uint8_input=True` a 0..255 uint8 one with the
+    normalisation of `model.pretrained_cfg` inside; `verbose` shows litert-torch's progress
+    and logs; `quant_config` (litert-torch's QuantConfig) for a PT2E-quantized model (edgevit.quantization)."""
     import litert_torch
 
     artifact = Path(artifact)
@@ -74,9 +82,15 @@ def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: 
                            f"got {tuple(example.shape)}")
     started = time.perf_counter()
     module, sample = model.eval(), example
+    pixels = None
+    if uint8_input:
+        mean, std = check_normalisation(_pretrained_cfg(model), int(example.shape[1]), "uint8_input=True")
+        pixels = {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+        module = PixelInput(module, mean, std, from_uint8=True).eval()
+        sample = torch.round(to_pixels(example.float(), mean, std)).to(torch.uint8)
     if nhwc:
         module = litert_torch.to_channel_last_io(module, args=[0]).eval()
-        sample = example.permute(0, 2, 3, 1).contiguous()
+        sample = sample.permute(0, 2, 3, 1).contiguous()
     log: list[str] = []
     try:
         with _quiet(verbose, log), torch.no_grad():
@@ -91,6 +105,8 @@ def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: 
     fp32_size = artifact.stat().st_size
     if precision == "fp16":
         _cast_weights_to_fp16(artifact)
+    if pixels:
+        _write_metadata(artifact, PIXELS_METADATA, json.dumps(pixels))
     report = inspect(artifact)
     unsupported = [f"Flex op {op}" for op in report["flex_ops"]] + [f"custom op {op}" for op in report["custom_ops"]]
     if report["runtime_error"] and not unsupported:
@@ -102,7 +118,7 @@ def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: 
             f"{'; '.join(unsupported)}. Rewrite the module that produces them with portable ops "
             f"(`edgevit.analysis.check_export_clean` lists non-portable ops) and convert again.")
     forms = sorted({m.form for m in model.modules() if isinstance(m, LayerNorm)})
-    report.update(precision=precision, nhwc=nhwc, layer_norm=forms[0] if len(forms) == 1 else forms or None,
+    report.update(precision=precision, nhwc=nhwc, uint8_input=uint8_input, layer_norm=forms[0] if len(forms) == 1 else forms or None,
                   conversion_seconds=round(time.perf_counter() - started, 2))
     if precision == "fp16":
         report["fp32_size_bytes"] = fp32_size
@@ -169,6 +185,37 @@ def _cast_weights_to_fp16(artifact: Path) -> None:
     artifact.write_bytes(bytes(result.quantized_model))
 
 
+def _pretrained_cfg(model: nn.Module) -> dict:
+    # edgevit models and their quantized wrappers (QuantizedModel) carry it; a plain nn.Module does not
+    return dict(getattr(model, "pretrained_cfg", None) or {})
+
+
+def _write_metadata(artifact: Path, name: str, value: str) -> None:
+    """Add (or replace) a named metadata entry of the flatbuffer, as TFLite's own metadata is stored."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(artifact.read_bytes(), 0))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(value.encode(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = name, len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name.decode() != name] + [entry]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    artifact.write_bytes(bytes(builder.Output()))
+
+
+def _read_metadata(artifact: Path, name: str) -> str | None:
+    model, _ = _read_model(Path(artifact))
+    for index in range(model.MetadataLength()):
+        entry = model.Metadata(index)
+        if entry.Name().decode() == name:
+            return bytes(model.Buffers(entry.Buffer()).DataAsNumpy()).decode()
+    return None
+
+
 @contextmanager
 def _captured_stderr() -> Iterator[list[str]]:
     """Send the native runtime's INFO/WARNING lines (written straight to fd 2) to a buffer instead of the console."""
@@ -211,7 +258,7 @@ def _layout(shape) -> str | None:
 
 
 def load(artifact: Path, threads: int | None = None):
-    """A predictor for one NCHW float32 image; XNNPACK with `threads` (None: runtime default)."""
+    """A predictor for one normalised NCHW float32 image; XNNPACK with `threads` (None: runtime default)."""
     interpreter = _interpreter(Path(artifact), threads)
     source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     shape = tuple(int(d) for d in source["shape"])
@@ -219,14 +266,19 @@ def load(artifact: Path, threads: int | None = None):
     expected = (shape[3], shape[1], shape[2]) if nhwc else shape[1:]
     in_scale, in_zero = source["quantization"]
     out_scale, out_zero = target["quantization"]
+    pixels = json.loads(_read_metadata(artifact, PIXELS_METADATA) or "null")
+    if source["dtype"] == np.uint8 and not in_scale and pixels is None:
+        raise EdgevitError(f"{artifact} takes uint8 pixels but has no edgevit.pixels metadata; convert it again")
 
     def predict(image: np.ndarray) -> np.ndarray:
         image = np.asarray(image, dtype=np.float32)
         if tuple(image.shape) != tuple(expected):
             raise EdgevitError(f"{artifact} takes NCHW images of shape (N, {', '.join(map(str, expected))}), "
                                f"got an image of shape {image.shape}")
+        if pixels:  # the 8-bit pixels these normalised values came from
+            image = np.rint(to_pixels(image[None], pixels["mean"], pixels["std"]))[0]
         x = image.transpose(1, 2, 0)[None] if nhwc else image[None]
-        if source["dtype"] != np.float32:  # integer I/O (full-int8 models): quantize with the input's parameters
+        if source["dtype"] != np.float32 and not pixels:  # full-int8 I/O: quantize with the input's parameters
             info = np.iinfo(source["dtype"])
             x = np.clip(np.round(x / in_scale + in_zero), info.min, info.max)
         interpreter.set_tensor(source["index"], np.ascontiguousarray(x, dtype=source["dtype"]))

@@ -123,7 +123,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     options = {"coreml": {"image_input": args.image_input, "minimum_target": args.minimum_target,
                           "compute_units": args.compute_units},
-               "tflite": {"nhwc": args.nhwc},
+               "tflite": {"nhwc": args.nhwc, "uint8_input": args.uint8_input},
                "onnx": {"opset": args.opset}}
     log = (lambda message: print(message, file=sys.stderr, flush=True))
     if args.max_drop is not None:
@@ -341,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--compute-units", default="ALL", choices=["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"],
                          help="coreml: compute units [ALL]")
     convert.add_argument("--nhwc", action="store_true", help="tflite: NHWC input, as camera pipelines deliver")
+    convert.add_argument("--uint8-input", action="store_true",
+                         help="tflite: take 0..255 uint8 pixels, the mean/std normalisation inside the model "
+                              "(logits stay float32)")
     convert.add_argument("--opset", type=int, default=20, help="onnx: opset, at least 18 [20]")
     quantizing = convert.add_argument_group(
         "quantization", "int8 and compressed bundles (TARGET-RECIPE). Recipes: " + "; ".join(

@@ -23,6 +23,7 @@ from . import __version__
 from .analysis import count_params
 from .converters import RuntimeUnavailable, get_target, resolve_targets
 from .converters.bundle import LABELS, artifact_digest, check_destination, staged_bundle, write_manifest
+from .converters.pixels import as_8bit
 from .data.labels import labels_for
 from .errors import EdgevitError
 from .models import create_model, layer_norm_form
@@ -205,6 +206,10 @@ def _convert_one(model, name, example, destination, precision, options, labels, 
                     plan.finish(name, artifact, model)
                     outcome.report["quantization"] = plan.manifest(name)
             convert_seconds = time.perf_counter() - start
+            if options.get("uint8_input") and images is not None:
+                # the artifact sees these images as the 8-bit pixels they round to; so must the reference
+                images = as_8bit(images, model.pretrained_cfg["mean"], model.pretrained_cfg["std"])
+                expected = reference_logits(model, images)
             outcome.verification = _verify(target, artifact, images, images_source, expected, precision,
                                            outcome.report, prefix, log)
             if plan and subject is not model and images is not None and "metrics" in outcome.verification:
@@ -273,6 +278,7 @@ def _manifest(model, target, precision, options, outcome, sha256, labels, conver
     channels, height, width = cfg["input_size"]
     nhwc = bool(options.get("nhwc"))
     image_input = bool(options.get("image_input"))
+    uint8_input = bool(options.get("uint8_input"))
     return {
         "status": status,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -286,9 +292,9 @@ def _manifest(model, target, precision, options, outcome, sha256, labels, conver
         "quantization": quantization,
         "input": {"name": _first_name(outcome.report.get("inputs"), "pixel_values"),
                   "shape": [1, height, width, channels] if nhwc else [1, channels, height, width],
-                  "dtype": "uint8 image" if image_input else "float32",
+                  "dtype": "uint8 image" if image_input else "uint8" if uint8_input else "float32",
                   "layout": "NHWC" if nhwc else "NCHW",
-                  "value_range": "0..255 RGB pixels (normalisation inside the model)" if image_input
+                  "value_range": "0..255 pixels (normalisation inside the model)" if image_input or uint8_input
                   else "normalised: (pixel / 255 - mean) / std"},
         "preprocessing": {"resize": int(round(height / cfg.get("crop_pct", 1.0))), "crop": [height, width],
                           "crop_pct": cfg.get("crop_pct"), "interpolation": cfg.get("interpolation"),

@@ -15,6 +15,7 @@ from torch import nn
 pytest.importorskip("coremltools")
 
 from edgevit.converters import RuntimeUnavailable, coreml  # noqa: E402
+from edgevit.converters.pixels import PixelInput, to_pixels  # noqa: E402
 from edgevit.errors import EdgevitError  # noqa: E402
 from edgevit.models import layer_norm_form  # noqa: E402
 from edgevit.models.tnt import TNT  # noqa: E402
@@ -148,9 +149,9 @@ def test_folded_normalisation_matches_the_model_on_pixels():
     pixels = torch.randint(0, 256, (1, 3, 32, 32)).float()
     mean, std = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1), torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1)
     normalised = (pixels / 255 - mean) / std
-    assert torch.allclose(coreml._to_pixels(normalised, IMAGENET_MEAN, IMAGENET_STD), pixels, atol=1e-3)
-    assert np.allclose(coreml._to_pixels(normalised.numpy(), IMAGENET_MEAN, IMAGENET_STD), pixels.numpy(), atol=1e-3)
-    folded = coreml._Normalize(model, IMAGENET_MEAN, IMAGENET_STD, probabilities=True).eval()
+    assert torch.allclose(to_pixels(normalised, IMAGENET_MEAN, IMAGENET_STD), pixels, atol=1e-3)
+    assert np.allclose(to_pixels(normalised.numpy(), IMAGENET_MEAN, IMAGENET_STD), pixels.numpy(), atol=1e-3)
+    folded = coreml._Probabilities(PixelInput(model, IMAGENET_MEAN, IMAGENET_STD)).eval()
     with torch.no_grad():
         expected = model(normalised)
         logits, probabilities = folded(pixels)

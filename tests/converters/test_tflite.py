@@ -132,6 +132,41 @@ def test_nhwc_input_gives_the_same_logits(converted, family):
     assert report["flex_ops"] == [] and report["custom_ops"] == []
 
 
+def test_uint8_input_takes_camera_pixels_with_the_normalisation_inside(tmp_path):
+    from edgevit.convert import convert
+    from edgevit.converters.bundle import read_bundle
+    from edgevit.converters.pixels import as_8bit, to_pixels
+
+    torch.manual_seed(0)
+    model = TINY["t2t_performer"]().eval()
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    model.pretrained_cfg = {**model.pretrained_cfg, "mean": mean, "std": std}
+    [outcome] = convert(model, ["tflite"], out=tmp_path, target_options={"tflite": {"uint8_input": True, "nhwc": True}})
+    assert outcome.status == "ok", outcome.error
+    bundle = read_bundle(outcome.bundle)
+    assert bundle.manifest["input"]["dtype"] == "uint8" and bundle.manifest["input"]["layout"] == "NHWC"
+    assert outcome.verification["metrics"]["cosine_min"] > 0.9999  # against eager on the same 8-bit pixels
+    # one partition; only the uint8 -> float CAST runs outside XNNPACK (which has no such cast)
+    assert outcome.report["xnnpack"]["partitions"] == 1, outcome.report["xnnpack"]
+    assert outcome.report["xnnpack"]["not_delegated"] == {"CAST": 1}, outcome.report["xnnpack"]
+
+    images = torch.randn(2, 3, 32, 32).clamp(-2, 2).numpy()
+    with torch.no_grad():
+        reference = model(torch.from_numpy(as_8bit(images, mean, std))).numpy()
+    np.testing.assert_allclose(tflite.run(bundle.artifact, images), reference, atol=1e-4)  # normalised in
+    interpreter = tflite._interpreter(bundle.artifact)  # what an app does: raw NHWC pixels in
+    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    assert source["dtype"] == np.uint8 and tuple(source["shape"]) == (1, 32, 32, 3)
+    pixels = np.rint(to_pixels(images[:1], mean, std)).astype(np.uint8).transpose(0, 2, 3, 1)
+    interpreter.set_tensor(source["index"], np.ascontiguousarray(pixels))
+    interpreter.invoke()
+    np.testing.assert_allclose(interpreter.get_tensor(target["index"]), reference[:1], atol=1e-4)
+
+    no_normalisation = TINY["tnt"]().eval()
+    with pytest.raises(EdgevitError, match="uint8_input=True needs the model's normalisation"):
+        tflite.convert(no_normalisation, torch.zeros(1, 3, 32, 32), tmp_path / "x.tflite", uint8_input=True)
+
+
 def test_run_rejects_images_of_the_wrong_size(converted):
     path, _ = converted("tnt").artifact("fp32")
     with pytest.raises(EdgevitError, match=r"takes NCHW images of shape \(N, 3, 32, 32\)"):
