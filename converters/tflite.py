@@ -70,8 +70,8 @@ def toolchain_versions() -> dict:
 def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: str = "fp32",
             nhwc: bool = False, uint8_input: bool = False, verbose: bool = False, quant_config=None) -> dict:
     """Write `artifact`; `nhwc=True` gives a (1, H, W, C) input; `uint8_input=True` a 0..255 uint8 one with the
-    normalisation of `model.pretrained_cfg` inside; `verbose` shows litert-torch's progress
-    and logs; `quant_config` (litert-torch's QuantConfig) for a PT2E-quantized model (edgevit.quantization)."""
+    normalisation of `model.pretrained_cfg` inside; `verbose` shows litert-torch's progress and logs;
+    `quant_config` (litert-torch's QuantConfig) for a PT2E-quantized model (edgevit.quantization)."""
     import litert_torch
 
     artifact = Path(artifact)
@@ -118,7 +118,8 @@ def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: 
             f"{'; '.join(unsupported)}. Rewrite the module that produces them with portable ops "
             f"(`edgevit.analysis.check_export_clean` lists non-portable ops) and convert again.")
     forms = sorted({m.form for m in model.modules() if isinstance(m, LayerNorm)})
-    report.update(precision=precision, nhwc=nhwc, uint8_input=uint8_input, layer_norm=forms[0] if len(forms) == 1 else forms or None,
+    report.update(precision=precision, nhwc=nhwc, uint8_input=uint8_input,
+                  layer_norm=forms[0] if len(forms) == 1 else forms or None,
                   conversion_seconds=round(time.perf_counter() - started, 2))
     if precision == "fp16":
         report["fp32_size_bytes"] = fp32_size

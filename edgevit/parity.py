@@ -76,8 +76,8 @@ def parity(model_name: str, weights: str | Path, data: str = "fashion-mnist", ta
 
     `recipes` and `precisions` are names ("int8", "fp16") that apply to every target offering them, or
     TARGET:NAME ("tflite:dynamic-int8") for one target. `precisions=None` means each target's default (fp32;
-    Core ML fp16); `[]` converts only the recipes. Bundles go to `bundles_out` (default OUT/bundles), the report to OUT/parity.json and
-    OUT/parity.md, and each bundle gets its own parity.json. `eval_samples` scores a class-balanced part of the test
+    Core ML fp16); `[]` converts only the recipes. Bundles go to `bundles_out` (default OUT/bundles), the report
+    to OUT/parity.json and OUT/parity.md, and each bundle gets its own parity.json. `eval_samples` scores a class-balanced part of the test
     split (default: all of it). `max_drop` (points) tightens the quantized budget and lets a quantized artifact
     over it keep its most sensitive layers float until it fits; `keep_float` modules stay float in every quantized
     bundle (as `convert`'s float_modules); `budgets` overrides `BUDGETS`; `sensitivity_images` train and test
