@@ -69,9 +69,10 @@ def main(argv=None) -> int:
         shutil.copy(run / "parity" / "parity.json", out / "parity" / f"{name}.json")
         (out / "parity" / f"{name}.md").write_text(_section(name, report, metrics, minutes, command, args))
         print(markdown(report))
-    sections = [out / "parity" / f"{name}.md" for name in MODELS if (out / "parity" / f"{name}.md").is_file()]
-    (out / "parity.md").write_text("\n".join([HEADER] + [path.read_text() for path in sections]))
-    print(f"wrote {out / 'parity.md'} ({len(sections)} models)")
+    done = [name for name in MODELS if (out / "parity" / f"{name}.md").is_file()]
+    (out / "parity.md").write_text("\n".join([HEADER, summary(out, done)]
+                                             + [(out / "parity" / f"{name}.md").read_text() for name in done]))
+    print(f"wrote {out / 'parity.md'} ({len(done)} models)")
     return 0
 
 
@@ -82,6 +83,28 @@ scored on the test split in each artifact's own runtime (`benchmarks/parity_suit
 command and training). Core ML packages are built and inspected but not run: Core ML runs only on macOS.
 Latency is the median per image in the artifact's runtime on this host (batch 1), for comparing recipes only.
 """
+
+
+def summary(out: Path, models: list[str]) -> str:
+    """Float top-1 per model, then the top-1 drop (points) of every scored artifact; '-' where not scored."""
+    reports = {name: json.loads((out / "parity" / f"{name}.json").read_text()) for name in models}
+    cells = {name: {(row["target"], row["precision"]): row for row in report["rows"]}
+             for name, report in reports.items()}
+    keys = list(dict.fromkeys(key for rows in cells.values() for key, row in rows.items()
+                              if row.get("top1_drop") is not None))
+
+    def drop(row) -> str:
+        if row is None or row.get("top1_drop") is None:
+            return "-"
+        return f"{row['top1_drop']:.2f}" + (" *" if row["status"] == "over budget" else "")
+    lines = ["Top-1 drop versus each float model, in points (negative: the artifact scored higher; * over budget). "
+             "Full tables, with agreement, cosine, SNR, sizes and latencies, follow.", "",
+             "| artifact | " + " | ".join(models) + " |", "|---|" + "---|" * len(models),
+             "| float top-1 % (PyTorch) | " + " | ".join(f"{r['reference']['top1']:.2f}" for r in reports.values())
+             + " |"]
+    lines += [f"| {target} {precision} | " + " | ".join(drop(cells[name].get((target, precision))) for name in models)
+              + " |" for target, precision in keys]
+    return "\n".join(lines) + "\n"
 
 
 def _section(name, report, metrics, minutes, command, args) -> str:
