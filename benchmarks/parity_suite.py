@@ -114,18 +114,20 @@ def _section(name, report, metrics, minutes, command, args) -> str:
         f"## {name}", "",
         f"`{command}` on {cpu_model()}, runtime threads {args.threads}, "
         f"{datetime.date.today()}.", "",
-        f"Float model: trained on {args.train_samples} class-balanced training images for {args.epochs} epoch(s) "
-        f"(batch {args.batch_size}, `edgevit train` defaults otherwise; {_training_line(metrics)}); "
-        f"top-1 {report.reference['top1']:.2f} % on {report.eval_images} test images. Scoring took {minutes:.0f} min.",
+        f"Float model: {_training_line(metrics)}; top-1 {report.reference['top1']:.2f} % on {report.eval_images} "
+        f"test images. Scoring took {minutes:.0f} min.",
         ""] + body[table_start:]).rstrip() + "\n"
 
 
 def _training_line(metrics: dict) -> str:
     if not metrics:
         return "no metrics.json"
-    epochs = ", ".join(f"{epoch['top1']:.1f}" for epoch in metrics.get("epochs", []))
-    return (f"{metrics['seconds'] / 60:.0f} min on {metrics['device']}, test top-1 per epoch (2,000 images) "
-            f"{epochs}")
+    planned, done = metrics["hyperparameters"]["epochs"], metrics["epochs"]
+    epochs = f"{len(done)} epoch(s)" + (f" of {planned} planned (stopped early)" if len(done) < planned else "")
+    return (f"trained from scratch on {metrics['data']['train_samples']} class-balanced training images for {epochs}, "
+            f"batch {metrics['hyperparameters']['batch_size']}, `edgevit train` defaults otherwise, "
+            f"{metrics['seconds'] / 60:.0f} min on {metrics['device']}; test top-1 per epoch (2,000 images) "
+            + ", ".join(f"{epoch['top1']:.1f}" for epoch in done))
 
 
 if __name__ == "__main__":
