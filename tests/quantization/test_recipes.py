@@ -31,6 +31,14 @@ def float_bundles(tmp_path_factory):
     return {o.target: o for o in outcomes}
 
 
+def test_executorch_dynamic_int8_runs_a_model_with_padded_convs(tmp_path):
+    # XNNPACK lowers a dynamically quantized padded conv (NesT's block aggregation) but fails to run it
+    [outcome] = convert(TINY["nest_symmetric"](), targets="executorch", out=tmp_path, quantize="dynamic-int8",
+                        verify_samples=4)
+    assert outcome.status == "ok", outcome.error
+    assert outcome.report["delegation"]["partitions"] == 1
+
+
 @needs_data
 @pytest.mark.parametrize("target, recipe", sorted(RECIPES))
 def test_every_recipe_converts_verifies_and_shrinks(target, recipe, float_bundles, tmp_path):
