@@ -69,11 +69,17 @@ def main(argv=None) -> int:
         shutil.copy(run / "parity" / "parity.json", out / "parity" / f"{name}.json")
         (out / "parity" / f"{name}.md").write_text(_section(name, report, metrics, minutes, command, args))
         print(markdown(report))
-    done = [name for name in MODELS if (out / "parity" / f"{name}.md").is_file()]
-    (out / "parity.md").write_text("\n".join([HEADER, summary(out, done)]
-                                             + [(out / "parity" / f"{name}.md").read_text() for name in done]))
-    print(f"wrote {out / 'parity.md'} ({len(done)} models)")
+    print(f"wrote {write_combined(out)}")
     return 0
+
+
+def write_combined(out: Path) -> Path:
+    """OUT/parity.md: the header, the summary and every model's section scored so far."""
+    done = [name for name in MODELS if (out / "parity" / f"{name}.md").is_file()]
+    path = out / "parity.md"
+    path.write_text("\n".join([HEADER, summary(out, done)]
+                               + [(out / "parity" / f"{name}.md").read_text() for name in done]))
+    return path
 
 
 HEADER = """# Parity on Fashion-MNIST (issue 4)
@@ -91,14 +97,17 @@ def summary(out: Path, models: list[str]) -> str:
     cells = {name: {(row["target"], row["precision"]): row for row in report["rows"]}
              for name, report in reports.items()}
     keys = list(dict.fromkeys(key for rows in cells.values() for key, row in rows.items()
-                              if row.get("top1_drop") is not None))
+                              if row.get("top1_drop") is not None or row["status"] == "failed"))
 
     def drop(row) -> str:
+        if row is not None and row["status"] == "failed":
+            return "failed"
         if row is None or row.get("top1_drop") is None:
             return "-"
         return f"{row['top1_drop']:.2f}" + (" *" if row["status"] == "over budget" else "")
-    lines = ["Top-1 drop versus each float model, in points (negative: the artifact scored higher; * over budget). "
-             "Full tables, with agreement, cosine, SNR, sizes and latencies, follow.", "",
+    lines = ["Top-1 drop versus each float model, in points (negative: the artifact scored higher; * over budget; "
+             "failed: the conversion's own check or the runtime failed, reason under the model's table). Full "
+             "tables, with agreement, cosine, SNR, sizes and latencies, follow.", "",
              "| artifact | " + " | ".join(models) + " |", "|---|" + "---|" * len(models),
              "| float top-1 % (PyTorch) | " + " | ".join(f"{r['reference']['top1']:.2f}" for r in reports.values())
              + " |"]
