@@ -79,12 +79,7 @@ def staged_bundle(out_dir: Path, force: bool = False, keep_failed: bool = False)
     try:
         yield staging
     except BaseException:
-        if keep_failed:
-            failed = out_dir.with_name(out_dir.name + ".failed")
-            shutil.rmtree(failed, ignore_errors=True)
-            staging.rename(failed)
-        else:
-            shutil.rmtree(staging, ignore_errors=True)
+        discard(staging, out_dir, keep_failed)
         raise
     if out_dir.exists():
         retired = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
@@ -93,6 +88,20 @@ def staged_bundle(out_dir: Path, force: bool = False, keep_failed: bool = False)
         shutil.rmtree(retired, ignore_errors=True)
     else:
         staging.rename(out_dir)
+
+
+def discard(bundle: Path, out_dir: Path | None = None, keep_failed: bool = False) -> Path | None:
+    """Remove a failed `bundle`, or with `keep_failed` keep it as `<out_dir>.failed` (out_dir: where it would have
+    gone, by default where it is). Returns the kept path, or None."""
+    bundle = Path(bundle)
+    out_dir = Path(out_dir) if out_dir is not None else bundle
+    if not keep_failed:
+        shutil.rmtree(bundle, ignore_errors=True)
+        return None
+    failed = out_dir.with_name(out_dir.name + ".failed")
+    shutil.rmtree(failed, ignore_errors=True)
+    bundle.rename(failed)
+    return failed
 
 
 def write_manifest(directory: Path, manifest: dict) -> Path:

@@ -84,7 +84,9 @@ def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: 
     module, sample = model.eval(), example
     pixels = None
     if uint8_input:
-        mean, std = check_normalisation(_pretrained_cfg(model), int(example.shape[1]), "uint8_input=True")
+        # edgevit models and their quantized wrappers (QuantizedModel) carry pretrained_cfg; a plain module may not
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        mean, std = check_normalisation(cfg, int(example.shape[1]), "uint8_input=True")
         pixels = {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
         module = PixelInput(module, mean, std, from_uint8=True).eval()
         sample = torch.round(to_pixels(example.float(), mean, std)).to(torch.uint8)
@@ -184,11 +186,6 @@ def _cast_weights_to_fp16(artifact: Path) -> None:
     except Exception as exc:
         raise _toolchain_error("quantize (fp16 weights)", exc) from exc
     artifact.write_bytes(bytes(result.quantized_model))
-
-
-def _pretrained_cfg(model: nn.Module) -> dict:
-    # edgevit models and their quantized wrappers (QuantizedModel) carry it; a plain nn.Module does not
-    return dict(getattr(model, "pretrained_cfg", None) or {})
 
 
 def _write_metadata(artifact: Path, name: str, value: str) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -77,8 +76,8 @@ def parity(model_name: str, weights: str | Path, data: str = "fashion-mnist", ta
     `recipes` and `precisions` are names ("int8", "fp16") that apply to every target offering them, or
     TARGET:NAME ("tflite:dynamic-int8") for one target. `precisions=None` means each target's default (fp32;
     Core ML fp16); `[]` converts only the recipes. Bundles go to `bundles_out` (default OUT/bundles), the report
-    to OUT/parity.json and OUT/parity.md, and each bundle gets its own parity.json. `eval_samples` scores a class-balanced part of the test
-    split (default: all of it). `max_drop` (points) tightens the quantized budget and lets a quantized artifact
+    to OUT/parity.json and OUT/parity.md, and each bundle gets its own parity.json. `eval_samples` scores a
+    class-balanced part of the test split (default: all of it). `max_drop` (points) tightens the quantized budget and lets a quantized artifact
     over it keep its most sensitive layers float until it fits; `keep_float` modules stay float in every quantized
     bundle (as `convert`'s float_modules); `budgets` overrides `BUDGETS`; `sensitivity_images` train and test
     images rank the layers. Raises `EdgevitError` for bad input; broken budgets are `report.failures`.
@@ -179,7 +178,7 @@ def quantize_within_budget(model_name: str, weights: str | Path, targets, recipe
     data_dir, keep_float, threads, log).
     """
     from .convert import bundle_dir
-    from .converters.bundle import check_destination
+    from .converters.bundle import check_destination, discard
     from .models import resolve_name
     from .quantization.recipes import get_recipe
 
@@ -192,14 +191,8 @@ def quantize_within_budget(model_name: str, weights: str | Path, targets, recipe
                     **options)
     for row in report.rows:
         if row.get("status") == "over budget" and row.get("bundle"):
-            bundle = Path(row["bundle"])
-            if keep_failed:
-                shutil.rmtree(f"{bundle}.failed", ignore_errors=True)
-                bundle.rename(f"{bundle}.failed")
-                row["bundle"] = f"{bundle}.failed"
-            else:
-                shutil.rmtree(bundle)
-                row["bundle"] = None
+            kept = discard(row["bundle"], keep_failed=keep_failed)
+            row["bundle"] = str(kept) if kept else None
     return report
 
 
