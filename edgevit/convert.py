@@ -142,21 +142,35 @@ def _convert_in_processes(work: list[tuple], workers: int, log) -> dict[str, Out
     """One process per target, so the slow lowering of one toolchain overlaps the others.
 
     The model travels to each worker by pickle (spawn, not fork: the toolchains start threads). The workers'
-    progress lines come back through a queue and are passed to `log` as they arrive.
+    progress lines come back through a queue handed to each worker as it starts (no manager process: starting
+    one costs seconds) and are passed to `log` as they arrive.
     """
     context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager:
-        messages = manager.Queue()
-        forward = threading.Thread(target=lambda: [log(m) for m in iter(messages.get, None)], daemon=True)
-        forward.start()
+    messages = context.Queue()
+    forward = threading.Thread(target=lambda: [log(m) for m in iter(messages.get, None)], daemon=True)
+    forward.start()
+    try:
         # the slowest lowering (ExecuTorch's XNNPACK passes) first, so it starts at once
         ordered = sorted(work, key=lambda job: job[1] != "executorch")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = {job[1]: pool.submit(_convert_one, *job, messages.put) for job in ordered}
-            done = {name: future.result() for name, future in futures.items()}
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_attach_worker_log,
+                                 initargs=(messages,)) as pool:
+            futures = {job[1]: pool.submit(_convert_one, *job, _worker_log) for job in ordered}
+            return {name: future.result() for name, future in futures.items()}
+    finally:
         messages.put(None)
         forward.join()
-    return done
+
+
+_worker_messages = None
+
+
+def _attach_worker_log(messages) -> None:
+    global _worker_messages
+    _worker_messages = messages
+
+
+def _worker_log(message: str) -> None:
+    _worker_messages.put(message)
 
 
 def _quantization_plan(quantize, names, calib, calib_samples, data_dir, float_modules, weights=None,

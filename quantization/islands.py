@@ -1,6 +1,6 @@
 """Float islands: the parts of a transformer that stay float whatever the recipe.
 
-LayerNorm statistics (native, or the matmul-mean form XNNPACK delegates: its `mm` with the averaging vector must
+LayerNorm statistics (native, or the matmul-mean form XNNPACK delegates: its `linear` with the averaging vector must
 never be treated as a Linear), softmax and the T2T Performer's random-feature `exp` lose too much in int8 and
 gain little. Quantizers see graph nodes, not modules; `nn_module_stack` says which module a node came from.
 """

@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import EdgevitError
 from .base import EdgeModel
 from .checkpoint import KeyLayout, StateDict, identity_convert
-from .layers import (Block, DropPath, LayerNorm, SeparableResize, drop_path_rates, first_token, init_vit_weights,
+from .layers import (Block, Dropout, DropPath, LayerNorm, SeparableResize, drop_path_rates, first_token, init_vit_weights,
                      multi_head_attention, prepend_token, resample_abs_pos_embed)
 from .registry import Family, PretrainedCfg, Reported, register_family
 
@@ -252,7 +252,7 @@ class CrossVit(EdgeModel):
             start += stage_depth
 
         self.norm = nn.ModuleList(LayerNorm(dim, eps=1e-6) for dim in embed_dim)
-        self.head_drop = nn.Dropout(drop_rate)
+        self.head_drop = Dropout(drop_rate)
         self.head = nn.ModuleList(nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
                                   for dim in embed_dim)
         init_vit_weights(self, *(getattr(self, f"{kind}_{i}") for i in range(self.num_branches)

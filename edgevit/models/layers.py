@@ -30,19 +30,19 @@ class LayerNorm(nn.LayerNorm):
     def __init__(self, normalized_shape: int, eps: float = 1e-5, **kwargs) -> None:
         super().__init__(normalized_shape, eps=eps, **kwargs)
         width = self.normalized_shape[-1]
-        self.register_buffer("averaging", torch.full((width, 1), 1.0 / width), persistent=False)
+        self.register_buffer("averaging", torch.full((1, width), 1.0 / width), persistent=False)
+        self.register_buffer("epsilon", torch.full((1,), float(eps)), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.form == "native":
             return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        # in 2-D throughout, with explicit mms: `torch.matmul` on 3-D/4-D input may lower to expand + bmm, which
-        # XNNPACK splits, and every extra reshape is one more node for the lowering passes to walk
-        rows = x.reshape(-1, x.shape[-1])
-        centred = rows - torch.mm(rows, self.averaging)
-        y = centred * torch.rsqrt(torch.mm(centred * centred, self.averaging) + self.eps)
+        # the means as `linear` with a constant (1, C) averaging row: XNNPACK runs it as a fully-connected
+        # layer on input of any rank, so no reshape is needed around it, and its bias carries eps
+        centred = x - F.linear(x, self.averaging)
+        y = centred * torch.rsqrt(F.linear(centred * centred, self.averaging, self.epsilon))
         if self.weight is not None:
             y = y * self.weight + self.bias
-        return y.reshape(x.shape)
+        return y
 
 
 def set_layer_norm_form(model: nn.Module, form: str) -> None:
@@ -65,6 +65,14 @@ def layer_norm_form(model: nn.Module, form: str) -> Iterator[nn.Module]:
             module.form = old
 
 
+class Dropout(nn.Dropout):
+    """`nn.Dropout` that is absent from the graph in eval mode: an exported eval-mode `nn.Dropout` still
+    leaves a copy of its input behind (50 of them in TNT-Ti), one more node for every lowering pass."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) if self.training and self.p > 0 else x
+
+
 class Mlp(nn.Module):
     """timm's Mlp: fc1 -> GELU -> fc2 (parameter names as timm's, so checkpoints map one to one)."""
 
@@ -74,7 +82,7 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(in_features, hidden_features)
         self.act = act_layer()
         self.fc2 = nn.Linear(hidden_features, out_features or in_features)
-        self.drop = nn.Dropout(drop)
+        self.drop = Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
@@ -110,30 +118,43 @@ def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
     return [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
 
 
-def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """(B, N, C) -> (B*H, N, C/H): heads folded into the batch so attention is a 3-D bmm."""
+def split_heads(x: torch.Tensor, num_heads: int, parts: int = 1) -> list[torch.Tensor]:
+    """A fused projection (B, N, parts*C) -> `parts` tensors (H*B, N, C/H): heads folded into the batch.
+
+    Channels are ordered (part, head, head_dim), the layout of every fused qkv/qk weight upstream. Heads are
+    folded head-major (index h*B + b), so one transpose and one copy serve all parts for any batch (TNT's
+    inner attention runs at a batch of 196 patches), each part is then a contiguous slice, and every tensor
+    stays rank 3. `attend` unfolds the same order.
+    """
     batch, tokens, channels = x.shape
-    return x.reshape(batch, tokens, num_heads, channels // num_heads).permute(0, 2, 1, 3).reshape(
-        batch * num_heads, tokens, channels // num_heads)
+    head_dim = channels // (parts * num_heads)
+    heads = x.reshape(batch * tokens, parts * num_heads, head_dim).transpose(0, 1)
+    heads = heads.reshape(parts * num_heads * batch, tokens, head_dim)
+    part = num_heads * batch
+    return [heads] if parts == 1 else [heads[i * part:(i + 1) * part] for i in range(parts)]
 
 
-def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: float,
-                         head_minor: bool = False) -> torch.Tensor:
-    """softmax(q kᵀ · scale) v over heads, for q (B, Nq, C) and k, v (B, Nk, C) -> (B, Nq, Cv).
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: int, scale: float,
+           head_minor: bool = False) -> torch.Tensor:
+    """softmax(q kᵀ · scale) v for heads folded as `split_heads` does, q (H*B, Nq, D) and k, v (H*B, Nk, D|Dv)
+    -> (B, Nq, H*Dv).
 
     Written with 3-D `bmm` and explicit softmax: a 4-D `q @ k.transpose` lowers to `expand_copy` + `bmm`,
     and XNNPACK does not delegate `expand_copy`; SDPA decomposes into ops it does not delegate either.
     `head_minor` orders the output channels `d * H + h` (timm's NesT does this; its proj weights expect it).
     """
-    batch, q_tokens, _ = q.shape
-    value_channels = v.shape[-1]
-    q = split_heads(q * scale, num_heads)
-    k = split_heads(k, num_heads)
-    v = split_heads(v, num_heads)
-    attn = torch.softmax(torch.bmm(q, k.transpose(1, 2)), dim=-1)
-    out = torch.bmm(attn, v).reshape(batch, num_heads, q_tokens, value_channels // num_heads)
-    out = out.permute(0, 2, 3, 1) if head_minor else out.permute(0, 2, 1, 3)
-    return out.reshape(batch, q_tokens, value_channels)
+    num_heads, q_tokens, head_dim = q.shape[0] // batch, q.shape[1], v.shape[-1]
+    attn = torch.softmax(torch.bmm(q * scale, k.transpose(1, 2)), dim=-1)
+    out = torch.bmm(attn, v).reshape(num_heads, batch * q_tokens, head_dim)
+    out = out.permute(1, 2, 0) if head_minor else out.transpose(0, 1)
+    return out.reshape(batch, q_tokens, num_heads * head_dim)
+
+
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: float,
+                         head_minor: bool = False) -> torch.Tensor:
+    """softmax(q kᵀ · scale) v over heads, for separate projections q (B, Nq, C) and k, v (B, Nk, C)."""
+    (q,), (k,), (v,) = (split_heads(t, num_heads) for t in (q, k, v))
+    return attend(q, k, v, q.shape[0] // num_heads, scale, head_minor)
 
 
 class Attention(nn.Module):
@@ -147,15 +168,12 @@ class Attention(nn.Module):
         self.head_minor = head_minor
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dim = x.shape[-1]
-        qkv = self.qkv(x)
-        # slices of the last dim, not unbind/split: XNNPACK delegates slice_copy, not squeeze/split copies
-        q, k, v = qkv[..., :dim], qkv[..., dim:2 * dim], qkv[..., 2 * dim:]
-        out = multi_head_attention(q, k, v, self.num_heads, self.scale, self.head_minor)
-        return self.proj_drop(self.proj(out))
+        # slices, not unbind/split: XNNPACK delegates slice_copy, not squeeze/split copies
+        q, k, v = split_heads(self.qkv(x), self.num_heads, parts=3)
+        return self.proj_drop(self.proj(attend(q, k, v, x.shape[0], self.scale, self.head_minor)))
 
 
 class Block(nn.Module):

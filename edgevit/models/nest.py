@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import EdgevitError
 from .base import EdgeModel
 from .checkpoint import KeyLayout, StateDict, identity_convert
-from .layers import Block, LayerNorm, drop_path_rates, resample_abs_pos_embed
+from .layers import Block, Dropout, LayerNorm, drop_path_rates, resample_abs_pos_embed
 from .registry import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Family, PretrainedCfg, Reported, register_family
 
 _NO_WEIGHTS = ("none: timm publishes no weights for the symmetric-pad {name}; the JAX weights need 'same' "
@@ -221,7 +221,7 @@ class Nest(EdgeModel):
             prev_dim, start = dim, start + depth
         self.levels = nn.Sequential(*levels)
         self.norm = LayerNorm(embed_dims[-1], eps=1e-6)
-        self.head_drop = nn.Dropout(drop_rate)
+        self.head_drop = Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
 

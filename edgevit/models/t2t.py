@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import EdgevitError
 from .base import EdgeModel
 from .checkpoint import KeyLayout, StateDict, identity_convert
-from .layers import (Block, LayerNorm, Mlp, OneHotUnfold, drop_path_rates, first_token, init_vit_weights,
+from .layers import (Block, Dropout, LayerNorm, Mlp, OneHotUnfold, drop_path_rates, first_token, init_vit_weights,
                      multi_head_attention, prepend_token, resample_abs_pos_embed, to_2tuple)
 from .registry import Family, PretrainedCfg, Reported, register_family
 
@@ -142,12 +142,12 @@ class TokenPerformer(nn.Module):
         super().__init__()
         self.emb = in_dim
         self.kqv = nn.Linear(dim, 3 * in_dim)
-        self.dp = nn.Dropout(drop)
+        self.dp = Dropout(drop)
         self.proj = nn.Linear(in_dim, in_dim)
         self.norm1 = LayerNorm(dim, eps=1e-5)
         self.norm2 = LayerNorm(in_dim, eps=1e-5)
         # indices 0 and 2 carry the weights: `mlp.0.*`, `mlp.2.*` as in the official checkpoints
-        self.mlp = nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, in_dim), nn.Dropout(drop))
+        self.mlp = nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, in_dim), Dropout(drop))
         self.m = int(in_dim * kernel_ratio)
         # Frozen random features, stored in the checkpoint; a load that misses them would silently break the model.
         w = nn.init.orthogonal_(torch.randn(self.m, in_dim)) * math.sqrt(self.m)
@@ -303,7 +303,7 @@ class T2TViT(EdgeModel):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         # Fixed sinusoid, stored and counted as the official checkpoints do.
         self.pos_embed = nn.Parameter(sinusoid_table(num_patches + 1, embed_dim), requires_grad=False)
-        self.pos_drop = nn.Dropout(drop_rate)
+        self.pos_drop = Dropout(drop_rate)
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, eps=1e-5, drop_path=rate)
             for rate in drop_path_rates(drop_path_rate, depth)])

@@ -16,8 +16,8 @@ from torch import nn
 
 from .base import EdgeModel
 from .checkpoint import KeyLayout, StateDict, identity_convert
-from .layers import (DropPath, LayerNorm, Mlp, drop_path_rates, first_token, init_vit_weights,
-                     multi_head_attention, prepend_token, resample_abs_pos_embed)
+from .layers import (Dropout, DropPath, LayerNorm, Mlp, attend, drop_path_rates, first_token, init_vit_weights,
+                     prepend_token, resample_abs_pos_embed, split_heads)
 from .registry import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD, Family, PretrainedCfg, Reported, register_family
 
 
@@ -81,10 +81,9 @@ class TntAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dim = x.shape[-1]
-        qk = self.qk(x)
-        out = multi_head_attention(qk[..., :dim], qk[..., dim:], self.v(x), self.num_heads, self.scale)
-        return self.proj(out)
+        q, k = split_heads(self.qk(x), self.num_heads, parts=2)
+        (v,) = split_heads(self.v(x), self.num_heads)
+        return self.proj(attend(q, k, v, x.shape[0], self.scale))
 
 
 class TntBlock(nn.Module):
@@ -176,13 +175,13 @@ class TNT(EdgeModel):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.patch_pos = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
         self.pixel_pos = nn.Parameter(torch.zeros(1, inner_dim, words_side, words_side))
-        self.pos_drop = nn.Dropout(drop_rate)
+        self.pos_drop = Dropout(drop_rate)
         self.blocks = nn.ModuleList([
             TntBlock(embed_dim, inner_dim, num_words, num_heads_outer, num_heads_inner, mlp_ratio, qkv_bias,
                      rate, legacy)
             for rate in drop_path_rates(drop_path_rate, depth)])
         self.norm = LayerNorm(embed_dim)
-        self.head_drop = nn.Dropout(drop_rate)
+        self.head_drop = Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         init_vit_weights(self, self.cls_token, self.patch_pos, self.pixel_pos)
 
