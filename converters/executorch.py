@@ -8,7 +8,6 @@ shows up as a number in the manifest rather than as a slow phone.
 from __future__ import annotations
 
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from torch import nn
 
 from ..errors import EdgevitError
 from . import predict_all
+from .executorch_lowering import faster_lowering
 
 NAME = "executorch"
 ARTIFACT = "model.pte"
@@ -45,7 +45,7 @@ def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: 
             # non-strict: 2-3x faster to trace; strictness is the models' contract, checked by edgevit.analysis
             program = torch.export.export(model.eval(), (example,), strict=False)
         stage = "lower (XNNPACK)"
-        with _shared_provenance():
+        with faster_lowering():
             edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         delegation = _delegation_report(get_delegation_info(edge.exported_program().graph_module))
         stage = "serialize"
@@ -57,37 +57,6 @@ def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: 
         raise EdgevitError(f"ExecuTorch conversion failed at the {stage} stage: {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
     return {**inspect(artifact), "delegation": delegation}
-
-
-@contextmanager
-def _shared_provenance():
-    """Let torch.fx share, instead of deep-copy, each node's provenance chain while a program is lowered.
-
-    Every pass that re-traces the graph records where each new node came from (`meta["from_node"]`) by
-    deep-copying the old node's whole chain, which grows by one level per pass: on a 2,000-node ViT that
-    copying alone was ~10 % of the lowering time. Chains are never mutated once recorded, so sharing the
-    recorded levels keeps exactly the same provenance.
-    """
-    from torch.fx.traceback import NodeSource
-
-    deep_copying_init = NodeSource.__init__
-
-    def sharing_init(self, node, pass_name="", action=None):
-        chain = node.meta.get("from_node") if node is not None else None
-        if chain is None:
-            return deep_copying_init(self, node, pass_name, action)
-        node.meta["from_node"] = []  # nothing for the original to copy ...
-        try:
-            deep_copying_init(self, node, pass_name, action)
-        finally:
-            node.meta["from_node"] = chain
-        self.from_node = list(chain)  # ... the recorded levels are shared instead
-
-    NodeSource.__init__ = sharing_init
-    try:
-        yield
-    finally:
-        NodeSource.__init__ = deep_copying_init
 
 
 def _delegation_report(info) -> dict:

@@ -48,3 +48,50 @@ def test_toolchain_failure_names_the_stage(tmp_path):
     with pytest.raises(EdgevitError, match="ExecuTorch conversion failed at the export stage"):
         executorch.convert(ValueBranch(), torch.randn(1, 4), tmp_path / "bad.pte")
     assert not (tmp_path / "bad.pte").exists()
+
+
+class ConvBatchNorm(torch.nn.Module):
+    """Ops that some skippable XNNPACK passes rewrite: a batch norm after a conv, a 1-D conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(8)
+        self.conv1d = torch.nn.Conv1d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.nn.functional.max_pool2d(self.norm(self.conv(x)), 2)
+        return self.conv1d(x.flatten(2))
+
+
+@pytest.mark.parametrize("family", ["tnt", "batch_norm"])
+def test_faster_lowering_skips_only_passes_with_nothing_to_rewrite(tmp_path, family):
+    """The same .pte behaviour with and without the pass pruning; the pruning skips passes on ViTs only."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from edgevit.converters.executorch_lowering import faster_lowering
+
+    model = (TINY["tnt"]() if family == "tnt" else ConvBatchNorm()).eval()
+    example = torch.zeros(1, 3, 32, 32)
+    images = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    outputs, partitions = [], []
+    for prune in (False, True):
+        with layer_norm_form(model, executorch.LAYER_NORM):  # lowering consumes the program: one each
+            program = torch.export.export(model, (example,), strict=False)
+        if prune:
+            with faster_lowering() as skipped:
+                edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        else:
+            edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        artifact = tmp_path / f"{prune}.pte"
+        artifact.write_bytes(edge.to_executorch().buffer)
+        outputs.append(executorch.run(artifact, images))
+        partitions.append(executorch.inspect(artifact)["num_delegate_calls"])
+    assert partitions[0] == partitions[1] == 1
+    assert np.array_equal(outputs[0], outputs[1])
+    if family == "tnt":
+        assert {"FuseBatchNormPass", "PReLUReshapePass", "ConvertToSDPAPass"} <= set(skipped)
+    else:  # a graph with batch norm and a 1-D conv runs those passes
+        assert not {"FuseBatchNormPass", "Conv1dUnsqueezePass"} & set(skipped)
+        assert "DecomposeBatchNorm" in skipped  # judged on the graph it gets: the fusion left no batch norm
