@@ -42,6 +42,21 @@ def is_always_float(node) -> bool:
 INT8_OPS = ("aten.linear.default", "aten.conv2d.default", "aten.convolution.default", "aten.addmm.default")
 
 
+def hands_float_to_concatenations(quantizer) -> bool:
+    """Whether an int8 Linear/Conv feeding a cat must give it a float output, for this backend's quantizer.
+
+    litert-torch turns a concatenation with one int8 input into an int8 CONCATENATION that quantizes every input
+    with that input's scale: the patch tokens CrossViT concatenates after its int8 CLS projection were clipped to
+    the CLS range (logit cosine 0.54). XNNPACK (ExecuTorch) needs the opposite: a static int8 Linear without an
+    int8 output is not delegated, and its weights' dequantize has no portable kernel.
+    """
+    return type(quantizer).__module__.startswith("litert_torch")
+
+
+def feeds_a_concatenation(node) -> bool:
+    return any(str(user.target) == "aten.cat.default" for user in node.users)
+
+
 def quantizable(float_modules: Iterable[str] = ()) -> Callable:
     """A node filter for PT2E quantizers: only Linear/Conv, never inside float islands or the named modules."""
     keep_float = tuple(name.strip(".") for name in float_modules)

@@ -13,7 +13,7 @@ import torch.nn as nn
 from edgevit.errors import EdgevitError
 from edgevit.progress import progress_bar
 
-from .islands import quantizable
+from .islands import feeds_a_concatenation, hands_float_to_concatenations, quantizable
 
 CARRIED_ATTRIBUTES = ("variant", "family", "arch", "pretrained_cfg", "default_cfg", "weights_source", "load_report")
 
@@ -39,6 +39,8 @@ def with_float_islands(quantizer, accept: Callable):
     """The backend's PT2E quantizer, minus whatever it annotated inside a float island or a module kept float."""
     from torchao.quantization.pt2e.quantizer import Quantizer
 
+    float_into_concat = hands_float_to_concatenations(quantizer)
+
     class FloatIslands(Quantizer):
         def transform_for_annotation(self, model):
             return quantizer.transform_for_annotation(model)
@@ -48,6 +50,8 @@ def with_float_islands(quantizer, accept: Callable):
             for node in model.graph.nodes:
                 if not accept(node):
                     node.meta.pop("quantization_annotation", None)
+                elif float_into_concat and "quantization_annotation" in node.meta and feeds_a_concatenation(node):
+                    node.meta["quantization_annotation"].output_qspec = None
             return model
 
         def validate(self, model):

@@ -101,6 +101,22 @@ def test_the_quantized_graph_stays_close_to_float():
     assert cosine > 0.99 and quantized.family == model.family
 
 
+@needs_data
+def test_tflite_int8_concatenation_keeps_the_patch_tokens_range(tmp_path):
+    """CrossViT concatenates its int8 CLS projection with float patch tokens: litert-torch would quantize the whole
+    concatenation with the CLS scale. A CLS range 100x narrower than the patches' made that visible."""
+    model = TINY["crossvit"]().eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            for projection in list(block.projs) + list(block.revert_projs):
+                projection[-1].weight.mul_(0.01)
+                projection[-1].bias.mul_(0.01)
+    [outcome] = convert(model, targets="tflite", out=tmp_path, quantize="int8", calib="fashion-mnist",
+                        calib_samples=CALIB, verify_samples=4)
+    assert outcome.status == "ok", outcome.error
+    assert outcome.verification["metrics"]["cosine_min"] > 0.99
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"targets": "executorch", "quantize": "w8a8"}, "no quantization recipe 'w8a8'.*It offers: int8"),
     ({"targets": "coreml", "quantize": "fp16"}, "fp16 is a precision, not a recipe"),
