@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from .console import console
 from .errors import EdgevitError
 
 EPILOG = """examples:
@@ -128,12 +129,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     log = (lambda message: print(message, file=sys.stderr, flush=True))
     if args.max_drop is not None:
         return _convert_within_budget(args, log)
+    if not args.verbose:
+        terminal = console()
+        log = (lambda message: print(message, file=terminal, flush=True))
     outcomes = convert(args.model, targets=args.target, out=args.out, weights=args.weights,
                        pretrained=args.pretrained, precision=args.precision, img_size=args.img_size,
                        num_classes=args.num_classes, force=args.force, verify=not args.no_verify,
                        keep_failed=args.keep_failed, target_options=options, parallel=True,
                        quantize=args.quantize, calib=args.calib, calib_samples=args.calib_samples,
-                       data_dir=args.data_dir, float_modules=tuple(args.keep_float or ()), log=log)
+                       data_dir=args.data_dir, float_modules=tuple(args.keep_float or ()),
+                       quiet_toolchains=not args.verbose, log=log)
     rows = []
     for outcome in outcomes:
         delegation = outcome.report.get("delegation") or {}
@@ -149,8 +154,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     print()
     _print_table(rows, ["target", "precision", "status", "MB", "seconds", "check", "backend", "bundle"])
     failed = [o for o in outcomes if o.status == "failed"]
+    logs = {o.toolchain_log for o in outcomes if o.toolchain_log}
+    if logs:
+        print(f"\ntoolchain messages (warnings, C++ logs): {', '.join(map(str, logs))}; --verbose shows them live")
     if failed:
-        print(f"\n{len(failed)} conversion(s) failed; see the messages above.", file=sys.stderr)
+        print(f"\n{len(failed)} conversion(s) failed; see the messages above"
+              + (" and the toolchain log." if logs else "."), file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -334,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--no-verify", action="store_true", help="skip running the artifacts (faster)")
     convert.add_argument("--keep-failed", action="store_true",
                          help="keep a bundle whose verification failed, as DIR.failed, for debugging")
+    convert.add_argument("--verbose", action="store_true",
+                         help="show the toolchains' own warnings, logs and progress bars live instead of writing "
+                              "them to OUT/MODEL/toolchains.log")
     convert.add_argument("--image-input", action="store_true",
                          help="coreml: take 0..255 RGB images (normalisation folded in) and add a classifier "
                               "output with labels, for Apple's Vision framework")

@@ -21,6 +21,7 @@ from torch import nn
 
 from . import __version__
 from .analysis import count_params
+from .console import redirect_toolchain_output, toolchain_output_to
 from .converters import RuntimeUnavailable, get_target, resolve_targets
 from .converters.bundle import LABELS, artifact_digest, check_destination, staged_bundle, write_manifest
 from .converters.pixels import as_8bit
@@ -49,6 +50,7 @@ class Outcome:
     verification: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     error: str | None = None
+    toolchain_log: Path | None = None   # what the toolchains printed, when `convert(quiet_toolchains=True)`
 
     @property
     def summary(self) -> str:
@@ -73,7 +75,7 @@ def convert(model: str | nn.Module, targets: str | list[str] = "coreml", out: st
             verify: bool = True, keep_failed: bool = False, verify_samples: int = 8,
             target_options: dict[str, dict] | None = None, parallel: bool = False,
             quantize: str | None = None, calib: str | None = None, calib_samples: int = 256,
-            data_dir: str | None = None, float_modules: tuple[str, ...] = (),
+            data_dir: str | None = None, float_modules: tuple[str, ...] = (), quiet_toolchains: bool = False,
             log: Callable[[str], None] = lambda message: None) -> list[Outcome]:
     """Convert a model (a variant name, or a model from `edgevit.create_model`) to each target's bundle.
 
@@ -81,6 +83,9 @@ def convert(model: str | nn.Module, targets: str | list[str] = "coreml", out: st
     from under `if __name__ == "__main__":` in a script, as multiprocessing requires).
     `quantize` names a recipe (see `edgevit.quantization.RECIPES`); calibrating recipes take `calib_samples`
     images from the train split of `calib` (fashion-mnist, cifar10, cifar100 or an ImageFolder directory).
+    `quiet_toolchains` sends what the toolchains print (warnings, C++ logs, their progress bars) to
+    OUT/VARIANT/toolchains.log instead of the terminal; `log` must then write elsewhere than file descriptors 1
+    and 2, e.g. to `edgevit.console.console()`, as the CLI does.
     Returns one `Outcome` per target; raises `EdgevitError` only for problems that stop everything (unknown
     model or target, unreadable weights, an output directory that exists without `force`).
     """
@@ -131,14 +136,26 @@ def convert(model: str | nn.Module, targets: str | list[str] = "coreml", out: st
     jobs = [Outcome(name, "-", "skipped", error=reason) for name, reason in unquantizable.items()] + jobs
     work = [job for job in jobs if not isinstance(job, Outcome)]
     workers = min(len(work), os.cpu_count() or 1) if parallel else 1
+    toolchain_log = _start_toolchain_log(Path(out) / variant, names) if quiet_toolchains and work else None
     if workers <= 1:
-        done = {job[1]: _convert_one(*job, log) for job in work}
+        with toolchain_output_to(toolchain_log):
+            done = {job[1]: _convert_one(*job, log) for job in work}
     else:
-        done = _convert_in_processes(work, workers, log)
+        done = _convert_in_processes(work, workers, log, toolchain_log)
+    for outcome in done.values():
+        outcome.toolchain_log = toolchain_log
     return [job if isinstance(job, Outcome) else done[job[1]] for job in jobs]
 
 
-def _convert_in_processes(work: list[tuple], workers: int, log) -> dict[str, Outcome]:
+def _start_toolchain_log(directory: Path, targets: list[str]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "toolchains.log"
+    path.write_text(f"# edgevit {__version__} convert {directory.name} --target {' '.join(targets)}, "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}: what the toolchains printed\n")
+    return path
+
+
+def _convert_in_processes(work: list[tuple], workers: int, log, toolchain_log: Path | None) -> dict[str, Outcome]:
     """One process per target, so the slow lowering of one toolchain overlaps the others.
 
     The model travels to each worker by pickle (spawn, not fork: the toolchains start threads). The workers'
@@ -152,8 +169,8 @@ def _convert_in_processes(work: list[tuple], workers: int, log) -> dict[str, Out
     try:
         # the slowest lowering (ExecuTorch's XNNPACK passes) first, so it starts at once
         ordered = sorted(work, key=lambda job: job[1] != "executorch")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_attach_worker_log,
-                                 initargs=(messages,)) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                 initargs=(messages, toolchain_log)) as pool:
             futures = {job[1]: pool.submit(_convert_one, *job, _worker_log) for job in ordered}
             return {name: future.result() for name, future in futures.items()}
     finally:
@@ -164,9 +181,11 @@ def _convert_in_processes(work: list[tuple], workers: int, log) -> dict[str, Out
 _worker_messages = None
 
 
-def _attach_worker_log(messages) -> None:
+def _start_worker(messages, toolchain_log: Path | None) -> None:
     global _worker_messages
     _worker_messages = messages
+    if toolchain_log is not None:
+        redirect_toolchain_output(toolchain_log)  # for the worker's whole life: it only converts
 
 
 def _worker_log(message: str) -> None:
