@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from edgevit.bench.environment import cpu_model
 from edgevit.converters import resolve_targets
-from edgevit.parity import markdown, parity
+from edgevit.parity import ParityReport, markdown, parity
 from edgevit.quantization.recipes import RECIPES
 from edgevit.train import train
 
@@ -44,12 +43,18 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="runtime threads while scoring [1]")
     parser.add_argument("--targets", nargs="+", default=["all"], help="targets to score [all]")
     parser.add_argument("--runs", default=str(RUNS), help=f"where the float runs and bundles go [{RUNS}]")
+    parser.add_argument("--precisions", nargs="*", default=["fp32", "fp16"], help="[fp32 fp16]; none: recipes only")
+    parser.add_argument("--recipes", nargs="*", default=None,
+                        help="TARGET:RECIPE to score [every recipe of --targets]; none: precisions only")
+    parser.add_argument("--update", action="store_true",
+                        help="replace only the scored rows in OUT/parity/MODEL.json (after a fix), keep the others")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
     (out / "parity").mkdir(parents=True, exist_ok=True)
     targets = resolve_targets(args.targets)
-    recipes = sorted(f"{target}:{name}" for target, name in RECIPES if target in targets)
+    recipes = (args.recipes if args.recipes is not None
+               else sorted(f"{target}:{name}" for target, name in RECIPES if target in targets))
     command = "python benchmarks/parity_suite.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for name in args.models:
         run = Path(args.runs) / name
@@ -61,13 +66,17 @@ def main(argv=None) -> int:
             train(name, data="fashion-mnist", img_size=32, train_samples=args.train_samples, epochs=args.epochs,
                   batch_size=args.batch_size, eval_samples=2000, out=run, log=print)
         started = time.perf_counter()
-        report = parity(name, weights, targets=targets, precisions=["fp32", "fp16"], recipes=recipes,
+        report = parity(name, weights, targets=targets, precisions=args.precisions, recipes=recipes,
                         calib_samples=args.calib_samples, eval_samples=args.eval_samples, max_drop=args.max_drop,
                         threads=args.threads, out=run / "parity", log=print)
         minutes = (time.perf_counter() - started) / 60
         metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
-        shutil.copy(run / "parity" / "parity.json", out / "parity" / f"{name}.json")
-        (out / "parity" / f"{name}.md").write_text(_section(name, report, metrics, minutes, command, args))
+        if args.update:
+            report, section = _updated(out / "parity" / name, report, command)
+        else:
+            section = _section(name, report, metrics, minutes, command, args)
+        (out / "parity" / f"{name}.json").write_text(json.dumps(report.to_dict(), indent=1))
+        (out / "parity" / f"{name}.md").write_text(section)
         print(markdown(report))
     print(f"wrote {write_combined(out)}")
     return 0
@@ -126,6 +135,28 @@ def _section(name, report, metrics, minutes, command, args) -> str:
         f"Float model: {_training_line(metrics)}; top-1 {report.reference['top1']:.2f} % on {report.eval_images} "
         f"test images. Scoring took {minutes:.0f} min.",
         ""] + body[table_start:]).rstrip() + "\n"
+
+
+def _updated(stem: Path, report: ParityReport, command: str) -> tuple[ParityReport, str]:
+    """The model's previous results with the rows just scored in place of the old ones, and its section."""
+    previous = json.loads(stem.with_suffix(".json").read_text())
+    if previous["eval_images"] != report.eval_images or previous["weights"] != report.weights:
+        raise SystemExit(f"{stem}: --update needs the same weights and --eval-samples as the scored results")
+    fresh = {(row["target"], row["precision"]): row for row in report.rows if row["target"] != "pytorch"}
+    rows = [fresh.pop((row["target"], row["precision"]), row) for row in previous["rows"]] + list(fresh.values())
+    rescored = [(row["target"], row["precision"]) for row in report.rows if row["target"] != "pytorch"]
+    failures = [line for line in previous["failures"]
+                if not any(line.startswith(f"{target} {precision}:") for target, precision in rescored)]
+    merged = ParityReport(**{key: previous[key] for key in ("model", "weights", "data", "eval_images", "calibration",
+                                                            "keep_float", "reference")},
+                          rows=rows, failures=failures + report.failures)
+    old = stem.with_suffix(".md").read_text().split("\n")
+    header = old[:next(i for i, line in enumerate(old) if line.startswith("|"))]
+    note = (f"Re-scored {datetime.date.today()} after fixes, with `{command}`: "
+            + ", ".join(f"{target} {precision}" for target, precision in rescored) + ".")
+    body = markdown(merged).split("\n")
+    return merged, "\n".join(header[:-1] + [note, ""] + body[next(i for i, l in enumerate(body) if l.startswith("|")):]
+                              ).rstrip() + "\n"
 
 
 def _training_line(metrics: dict) -> str:
