@@ -155,7 +155,7 @@ def _updated(stem: Path, report: ParityReport, command: str) -> tuple[ParityRepo
     note = (f"Re-scored {datetime.date.today()} after fixes, with `{command}`: "
             + ", ".join(f"{target} {precision}" for target, precision in rescored) + ".")
     body = markdown(merged).split("\n")
-    return merged, "\n".join(header[:-1] + [note, ""] + body[next(i for i, l in enumerate(body) if l.startswith("|")):]
+    return merged, "\n".join(header + [note, ""] + body[next(i for i, l in enumerate(body) if l.startswith("|")):]
                               ).rstrip() + "\n"
 
 
