@@ -224,11 +224,17 @@ def cmd_qat(args: argparse.Namespace) -> int:
 def cmd_parity(args: argparse.Namespace) -> int:
     from .parity import parity
 
-    log = (lambda message: print(message, file=sys.stderr, flush=True))
+    terminal = sys.stderr if args.verbose else console()
+    log = (lambda message: print(message, file=terminal, flush=True))
     report = parity(args.model, args.weights, data=args.data, targets=args.targets, recipes=args.quantize or (),
                     precisions=args.precisions, data_dir=args.data_dir, calib_samples=args.calib_samples,
                     eval_samples=args.eval_samples, out=args.out, max_drop=args.max_drop,
-                    keep_float=tuple(args.keep_float or ()), threads=args.threads, log=log)
+                    keep_float=tuple(args.keep_float or ()), threads=args.threads,
+                    quiet_toolchains=not args.verbose, log=log)
+    logs = sorted({str(Path(row["bundle"]).parent / "toolchains.log") for row in report.rows if row.get("bundle")
+                   and (Path(row["bundle"]).parent / "toolchains.log").is_file()})
+    if logs:
+        print(f"toolchain messages (warnings, C++ logs): {', '.join(logs)}; --verbose shows them live")
     return _print_parity(report)
 
 
@@ -482,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     checking.add_argument("--keep-float", action="append", metavar="MODULE",
                           help="keep this module float in every quantized bundle; repeatable")
     checking.add_argument("--threads", type=int, metavar="N", help="runtime threads [the runtime's default]")
+    checking.add_argument("--verbose", action="store_true",
+                          help="show the toolchains' own warnings and logs live instead of writing them to "
+                               "OUT/bundles/MODEL/toolchains.log")
     checking.add_argument("--out", default="edgevit-parity", help="report directory; bundles in OUT/bundles "
                                                                    "[edgevit-parity]")
     checking.set_defaults(run=cmd_parity)

@@ -150,8 +150,9 @@ def convert(model: str | nn.Module, targets: str | list[str] = "coreml", out: st
 def _start_toolchain_log(directory: Path, targets: list[str]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "toolchains.log"
-    path.write_text(f"# edgevit {__version__} convert {directory.name} --target {' '.join(targets)}, "
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}: what the toolchains printed\n")
+    with open(path, "a") as log:  # appended: `edgevit parity` converts many times into one directory
+        log.write(f"# edgevit {__version__} convert {directory.name} --target {' '.join(targets)}, "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}: what the toolchains printed\n")
     return path
 
 

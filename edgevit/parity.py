@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .converters import RuntimeUnavailable, get_target, resolve_targets
+from .console import toolchain_output_to
 from .convert import DEFAULT_PRECISION, convert
 from .errors import EdgevitError
 from .verify import compare
@@ -70,7 +71,7 @@ def parity(model_name: str, weights: str | Path, data: str = "fashion-mnist", ta
            out: str | Path = "edgevit-parity", max_drop: float | None = None, budgets: dict | None = None,
            keep_float=(), qat: bool | None = None, threads: int | None = None,
            sensitivity_images: int = SENSITIVITY_IMAGES, bundles_out: str | Path | None = None,
-           log: Callable[[str], None] = lambda message: None) -> ParityReport:
+           quiet_toolchains: bool = False, log: Callable[[str], None] = lambda message: None) -> ParityReport:
     """Convert the trained float model to every requested bundle, score all on held-out data, judge the budgets.
 
     `recipes` and `precisions` are names ("int8", "fp16") that apply to every target offering them, or
@@ -80,7 +81,8 @@ def parity(model_name: str, weights: str | Path, data: str = "fashion-mnist", ta
     class-balanced part of the test split (default: all of it). `max_drop` (points) tightens the quantized budget and lets a quantized artifact
     over it keep its most sensitive layers float until it fits; `keep_float` modules stay float in every quantized
     bundle (as `convert`'s float_modules); `budgets` overrides `BUDGETS`; `sensitivity_images` train and test
-    images rank the layers. Raises `EdgevitError` for bad input; broken budgets are `report.failures`.
+    images rank the layers. `quiet_toolchains`: as `convert`'s (BUNDLES/MODEL/toolchains.log, runtimes included).
+    Raises `EdgevitError` for bad input; broken budgets are `report.failures`.
     """
     from .data.datasets import batches, calibration_and_evaluation, check_compatible
     from .models import create_model
@@ -115,13 +117,15 @@ def parity(model_name: str, weights: str | Path, data: str = "fashion-mnist", ta
         # `weights` too: convert reads a qat.pt's own plan (QuantizationPlan.from_qat) from the file
         [outcome] = convert(model, [target], out=bundles, weights=weights, precision=None if recipe else precision,
                             quantize=recipe, calib=data, calib_samples=calib_samples, data_dir=data_dir,
-                            float_modules=(*keep_float, *float_layers), force=True, log=log)
+                            float_modules=(*keep_float, *float_layers), force=True,
+                            quiet_toolchains=quiet_toolchains, log=log)
         row = {"target": target, "precision": outcome.precision, "recipe": recipe,
                "kind": ("qat" if qat else "ptq") if recipe else precision, "float_layers": list(float_layers),
                "size_bytes": outcome.size_bytes, "bundle": str(outcome.bundle) if outcome.bundle else None}
         if outcome.status != "ok":
             return {**row, "status": "failed", "reason": outcome.error}
-        row.update(_score(target, outcome.bundle, evaluation, cfg, float_logits, threads))
+        with toolchain_output_to(outcome.toolchain_log):
+            row.update(_score(target, outcome.bundle, evaluation, cfg, float_logits, threads))
         if row.get("top1") is not None:
             row["top1_drop"] = top1 - row["top1"]
         return row
