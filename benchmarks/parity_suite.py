@@ -142,9 +142,11 @@ def _updated(stem: Path, report: ParityReport, command: str) -> tuple[ParityRepo
     previous = json.loads(stem.with_suffix(".json").read_text())
     if previous["eval_images"] != report.eval_images or previous["weights"] != report.weights:
         raise SystemExit(f"{stem}: --update needs the same weights and --eval-samples as the scored results")
-    fresh = {(row["target"], row["precision"]): row for row in report.rows if row["target"] != "pytorch"}
+    # a precision the target does not offer (ExecuTorch fp16) comes back "skipped": nothing was re-scored
+    scored = [row for row in report.rows if row["target"] != "pytorch" and row.get("status") != "skipped"]
+    fresh = {(row["target"], row["precision"]): row for row in scored}
     rows = [fresh.pop((row["target"], row["precision"]), row) for row in previous["rows"]] + list(fresh.values())
-    rescored = [(row["target"], row["precision"]) for row in report.rows if row["target"] != "pytorch"]
+    rescored = [(row["target"], row["precision"]) for row in scored]
     failures = [line for line in previous["failures"]
                 if not any(line.startswith(f"{target} {precision}:") for target, precision in rescored)]
     merged = ParityReport(**{key: previous[key] for key in ("model", "weights", "data", "eval_images", "calibration",

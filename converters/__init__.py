@@ -2,8 +2,9 @@
 
 Every target module (`executorch`, `coreml`, `tflite`, `onnx`) exposes:
 
-- `NAME`, `ARTIFACT` (file or directory name inside a bundle), `PRECISIONS`, `LAYER_NORM` (the LayerNorm form
-  its backend runs best: "matmul" for XNNPACK, "native" where the backend has a LayerNorm op),
+- `NAME`, `ARTIFACT` (file or directory name inside a bundle), `PRECISIONS`, `LAYER_NORM` and `CONV` (the forms
+  of edgevit's LayerNorm and Conv2d its backend runs best: "matmul" LayerNorm and "gemm" convs for XNNPACK,
+  "native" where the backend has a fast LayerNorm / convolution; `target_forms` applies them),
   `RUNS_HERE` (whether this machine has the runtime);
 - `convert(model, example, artifact, precision="fp32", **options) -> dict`: write the artifact, return a report
   (inputs, outputs, op census, delegation);
@@ -51,6 +52,13 @@ def get_target(name: str) -> ModuleType:
     except ImportError as exc:
         raise EdgevitError(f"the {name} target needs its toolchain, which failed to import ({exc}). "
                            f"Install it with: pip install 'edgevit[{_EXTRAS[name]}]'") from None
+
+
+def target_forms(model, target: ModuleType):
+    """Context: `model`'s LayerNorms and convs in the forms `target` exports (see `edgevit.models.export_forms`)."""
+    from edgevit.models import export_forms
+
+    return export_forms(model, layer_norm=target.LAYER_NORM, conv=target.CONV)
 
 
 def resolve_targets(names: str | list[str]) -> list[str]:

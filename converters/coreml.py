@@ -37,6 +37,7 @@ NAME = "coreml"
 ARTIFACT = "model.mlpackage"
 PRECISIONS = ("fp32", "fp16")
 LAYER_NORM = "native"
+CONV = "native"
 RUNS_HERE = sys.platform == "darwin"
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"

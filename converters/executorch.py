@@ -22,6 +22,7 @@ NAME = "executorch"
 ARTIFACT = "model.pte"
 PRECISIONS = ("fp32",)  # XNNPACK rejects fp16 GELU, so an fp16 graph would split; int8 comes from quantization
 LAYER_NORM = "matmul"  # XNNPACK has no LayerNorm kernel: every native LayerNorm would be a graph break
+CONV = "gemm"  # its convolution kernels ran 2-3x slower than its GEMM here: see edgevit.models.Conv2d
 RUNS_HERE = True
 # Graph plumbing that is not compute: outputs of a delegate call, and memory-planning helpers.
 NON_COMPUTE = {"getitem", "alloc", "executorch_call_delegate"}
@@ -38,12 +39,18 @@ def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: 
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.devtools.backend_debug import get_delegation_info
     from executorch.exir import to_edge_transform_and_lower
+    from executorch.exir.passes.constant_prop_pass import constant_prop_pass
 
     stage = "export"
     try:
         with torch.no_grad():
             # non-strict: 2-3x faster to trace; strictness is the models' contract, checked by edgevit.analysis
             program = torch.export.export(model.eval(), (example,), strict=False)
+            # weights reshaped in the graph (convs in GEMM form) must be constants for XNNPACK to take them; int8
+            # weights must stay int8 constants + dequantize, so (de)quantize ops are never folded into floats
+            quant_ops = {node.target for node in program.graph.nodes
+                         if node.op == "call_function" and _is_quant_primitive(node.target)}
+            program = constant_prop_pass(program, custom_skip_targets=quant_ops)
         stage = "lower (XNNPACK)"
         with faster_lowering():
             edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
@@ -57,6 +64,11 @@ def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: 
         raise EdgevitError(f"ExecuTorch conversion failed at the {stage} stage: {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
     return {**inspect(artifact), "delegation": delegation}
+
+
+def _is_quant_primitive(target) -> bool:
+    name = str(target)
+    return "quantize" in name or "choose_qparams" in name
 
 
 def _delegation_report(info) -> dict:

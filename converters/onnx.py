@@ -19,6 +19,7 @@ NAME = "onnx"
 ARTIFACT = "model.onnx"
 PRECISIONS = ("fp32", "fp16")
 LAYER_NORM = "native"
+CONV = "native"
 RUNS_HERE = True
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"

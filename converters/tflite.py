@@ -46,6 +46,7 @@ NAME = "tflite"
 ARTIFACT = "model.tflite"
 PRECISIONS = ("fp32", "fp16")
 LAYER_NORM = "native"
+CONV = "native"
 RUNS_HERE = True
 _PROGRESS_ENV = "LITERT_TORCH_SHOW_PROGRESS"
 _OPERATOR = r"\b(?:aten|stablehlo|mhlo|chlo|tfl|tf)\.[A-Za-z_][\w.]*\w"

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models.layers import layer_norm_form
+from .models.layers import export_forms
 
 # Ops that no edge backend delegates well: im2col gathers, index gathers, bicubic resize.
 FORBIDDEN_OPS = ("im2col", "col2im", "index.Tensor", "index_put", "gather", "upsample_bicubic2d")
@@ -56,10 +56,10 @@ def count_macs(model: nn.Module, x: torch.Tensor | None = None) -> int:
 
 
 def export_model(model: nn.Module, x: torch.Tensor | None = None, strict: bool = True,
-                 layer_norm: str = "native") -> torch.export.ExportedProgram:
-    """`torch.export` of the model in eval mode with static shapes, LayerNorm in the requested form."""
+                 layer_norm: str = "native", conv: str = "native") -> torch.export.ExportedProgram:
+    """`torch.export` of the model in eval mode with static shapes, LayerNorms and convs in the requested forms."""
     x = example_input(model) if x is None else x
-    with layer_norm_form(model, layer_norm), torch.no_grad():
+    with export_forms(model, layer_norm=layer_norm, conv=conv), torch.no_grad():
         return torch.export.export(model.eval(), (x,), strict=strict)
 
 

@@ -424,8 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune the float model of `edgevit train` with the target's int8 fake-quant (PT2E QAT: "
                     "XNNPACK's quantizer for executorch, XNNPACK's with symmetric activations for onnx QDQ, "
                     "litert-torch's for tflite, CoreMLQuantizer for coreml), LayerNorm, softmax, GELU, attention "
-                    "and the T2T Performer kept float, in the target's LayerNorm form. Reports test top-1 of the "
-                    "float model, of int8 with calibrated ranges and after each QAT epoch, and writes OUT/qat.pt "
+                    "and the T2T Performer kept float, in the target's LayerNorm and conv forms. Reports test top-1 "
+                    "of the float model, of int8 with calibrated ranges and after each QAT epoch, and writes OUT/qat.pt "
                     "(fine-tuned float weights + fake-quant state + metadata) and OUT/metrics.json. Convert it with "
                     "`edgevit convert MODEL --weights OUT/qat.pt --target TARGET` (bundle TARGET-qat-int8).",
         epilog="examples:\n  edgevit qat t2t_vit_7 --weights runs/t2t_vit_7/best.pt --target tflite\n"
@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     qat_parser.add_argument("--weights", required=True, metavar="PATH",
                             help="the float checkpoint of `edgevit train` (runs/MODEL/best.pt)")
     qat_parser.add_argument("--target", required=True, choices=list(TARGETS),
-                            help="whose int8 quantizer and LayerNorm form to train for")
+                            help="whose int8 quantizer and LayerNorm and conv forms to train for")
     qat_parser.add_argument("--data", help="fashion-mnist, cifar10, cifar100 or an ImageFolder directory "
                                            "[what the float model was trained on]")
     qat_parser.add_argument("--data-dir", metavar="DIR", help="where the data files are [the source's default place]")

@@ -22,12 +22,12 @@ from torch import nn
 from . import __version__
 from .analysis import count_params
 from .console import redirect_toolchain_output, toolchain_output_to
-from .converters import RuntimeUnavailable, get_target, resolve_targets
+from .converters import RuntimeUnavailable, get_target, resolve_targets, target_forms
 from .converters.bundle import LABELS, artifact_digest, check_destination, staged_bundle, write_manifest
 from .converters.pixels import as_8bit
 from .data.labels import labels_for
 from .errors import EdgevitError
-from .models import create_model, layer_norm_form
+from .models import create_model
 from .verify import compare, judge, reference_logits, verification_inputs
 
 # Core ML's default is fp16 (what the Neural Engine runs); everything else defaults to fp32.
@@ -229,7 +229,7 @@ def _convert_one(model, name, example, destination, precision, options, labels, 
         with staged_bundle(destination, force=force, keep_failed=keep_failed) as staging:
             artifact = staging / target.ARTIFACT
             subject, base_precision = model, precision
-            with layer_norm_form(model, target.LAYER_NORM):
+            with target_forms(model, target):
                 if plan:
                     log(f"{prefix}: quantize ({plan.recipe(name).summary}) ...")
                     subject, extra = plan.model_for(name, model, example)

@@ -122,12 +122,6 @@ def _check_target(target: str) -> None:
         raise EdgevitError(f"unknown QAT target '{target}'; choose one of: {', '.join(TARGETS)}")
 
 
-def layer_norm_of(target: str) -> str:
-    from edgevit.converters import get_target
-
-    return get_target(target).LAYER_NORM
-
-
 @contextmanager
 def no_stochastic_depth(model: nn.Module) -> Iterator[nn.Module]:
     """DropPath off while tracing: `move_exported_model_to_eval` turns dropout off but not a traced DropPath's
@@ -149,12 +143,12 @@ def prepare(model: nn.Module, example: torch.Tensor, target: str, float_modules=
     fake-quant modules (Linear/Conv only). The graph shares its parameters with `model`, left in eval mode."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    from edgevit.models import layer_norm_form
+    from edgevit.converters import get_target, target_forms
 
     batch_norm = any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules())
     quantizer = with_float_islands(qat_quantizer(target, batch_norm), quantizable(float_modules))
     try:
-        with layer_norm_form(model, layer_norm_of(target)), no_stochastic_depth(model):
+        with target_forms(model, get_target(target)), no_stochastic_depth(model):
             graph = torch.export.export(model.train(), (example,), strict=False).module()
         return prepare_qat_pt2e(graph, quantizer)
     except EdgevitError:
@@ -365,7 +359,10 @@ def qat(model_name: str, weights: str | os.PathLike, target: str, data: str | No
         raise EdgevitError(f"{qat_path} exists; pass --force to replace it, or choose another --out.")
     data = str(data) if data is not None else trained.get("data") or "fashion-mnist"
     dev = resolve_device(device)
-    layer_norm = layer_norm_of(target)  # fails early when the target's toolchain is missing
+    from edgevit.converters import get_target
+
+    converter = get_target(target)  # fails early when the target's toolchain is missing
+    forms = {"layer_norm": converter.LAYER_NORM, "conv": converter.CONV}
     qat_quantizer(target)
 
     train_set = load_images(data, "train", data_dir)
@@ -388,9 +385,9 @@ def qat(model_name: str, weights: str | os.PathLike, target: str, data: str | No
     total_steps = steps_per_epoch * settings["epochs"]
     pad = max(1, min(train_set.images.shape[1:3]) // 14)
     flip = data not in NO_FLIP_SOURCES
-    log(f"QAT of {name} ({weights}) for {target}: {QUANTIZERS[target]}; LayerNorm {layer_norm} form; "
-        f"{len(train_set)} {train_set.name} images x {settings['epochs']} epoch(s) at batch {batch}, lr "
-        f"{settings['lr']:g}, on {dev}; testing on {len(eval_set)} {eval_set.name} images")
+    log(f"QAT of {name} ({weights}) for {target}: {QUANTIZERS[target]}; LayerNorm {forms['layer_norm']} form, "
+        f"convs {forms['conv']}; {len(train_set)} {train_set.name} images x {settings['epochs']} epoch(s) at batch "
+        f"{batch}, lr {settings['lr']:g}, on {dev}; testing on {len(eval_set)} {eval_set.name} images")
 
     previous_determinism = (torch.are_deterministic_algorithms_enabled(),
                             torch.is_deterministic_algorithms_warn_only_enabled())
@@ -460,7 +457,8 @@ def qat(model_name: str, weights: str | os.PathLike, target: str, data: str | No
     metadata = {**trained, "format": FORMAT, "kind": KIND, "edgevit_version": __version__,
                 "metrics": {key: after_int8[key] for key in ("top1", "top5", "test_loss")},
                 "qat": {"target": target, "recipe": QAT_RECIPE, "quantizer": QUANTIZERS[target],
-                        "layer_norm": layer_norm, "float_modules": list(float_modules), "data": data,
+                        "layer_norm": forms["layer_norm"], "conv": forms["conv"],
+                        "float_modules": list(float_modules), "data": data,
                         "train": train_set.name, "train_samples": len(train_set), "epochs": settings["epochs"],
                         "lr": settings["lr"], "batch_size": batch, "weight_decay": DEFAULTS["weight_decay"],
                         "label_smoothing": DEFAULTS["label_smoothing"], "calibration_batches": CALIBRATION_BATCHES,

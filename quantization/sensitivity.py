@@ -16,7 +16,6 @@ import torch
 import torch.nn as nn
 
 from edgevit.errors import EdgevitError
-from edgevit.models import layer_norm_form
 
 from .islands import _clean, module_path, quantizable
 from .pt2e import with_float_islands
@@ -114,7 +113,7 @@ def layer_sensitivity(model: nn.Module, example: torch.Tensor, target: str, reci
     """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from edgevit.converters import get_target
+    from edgevit.converters import get_target, target_forms
 
     key, _ = graph_quantizer(target, recipe)
     count = min(len(calibration), len(images))
@@ -126,7 +125,7 @@ def layer_sensitivity(model: nn.Module, example: torch.Tensor, target: str, reci
     artifact_stage = (target, recipe) in RECIPES and RECIPES[target, recipe].stage == "artifact"
     modules = dict(model.named_modules())
     ranking = []
-    with layer_norm_form(model, get_target(target).LAYER_NORM), torch.no_grad():
+    with target_forms(model, get_target(target)), torch.no_grad():
         reference = model(images).numpy()
         graph = torch.export.export(model, (images,), strict=False).module()
         # annotate once; every layer then replays its own nodes' annotations on a fresh copy of the graph

@@ -22,8 +22,8 @@ from torch import nn
 from ..errors import EdgevitError
 from .base import EdgeModel
 from .checkpoint import KeyLayout, StateDict, identity_convert
-from .layers import (Block, Dropout, DropPath, LayerNorm, SeparableResize, drop_path_rates, first_token, init_vit_weights,
-                     multi_head_attention, prepend_token, resample_abs_pos_embed)
+from .layers import (Block, Conv2d, Dropout, DropPath, LayerNorm, SeparableResize, drop_path_rates, first_token,
+                     init_vit_weights, multi_head_attention, prepend_token, resample_abs_pos_embed)
 from .registry import Family, PretrainedCfg, Reported, register_family
 
 # Both branches see the same image; the large-patch branch sees it resized to this size (timm and official).
@@ -104,17 +104,17 @@ class PatchEmbed(nn.Module):
     def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, multi_conv: bool) -> None:
         super().__init__()
         if not multi_conv:
-            self.proj: nn.Module = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+            self.proj: nn.Module = Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
         elif patch_size == 12:
             self.proj = nn.Sequential(
-                nn.Conv2d(in_chans, embed_dim // 4, kernel_size=7, stride=4, padding=3), nn.ReLU(),
-                nn.Conv2d(embed_dim // 4, embed_dim // 2, kernel_size=3, stride=3, padding=0), nn.ReLU(),
-                nn.Conv2d(embed_dim // 2, embed_dim, kernel_size=3, stride=1, padding=1))
+                Conv2d(in_chans, embed_dim // 4, kernel_size=7, stride=4, padding=3), nn.ReLU(),
+                Conv2d(embed_dim // 4, embed_dim // 2, kernel_size=3, stride=3, padding=0), nn.ReLU(),
+                Conv2d(embed_dim // 2, embed_dim, kernel_size=3, stride=1, padding=1))
         elif patch_size == 16:
             self.proj = nn.Sequential(
-                nn.Conv2d(in_chans, embed_dim // 4, kernel_size=7, stride=4, padding=3), nn.ReLU(),
-                nn.Conv2d(embed_dim // 4, embed_dim // 2, kernel_size=3, stride=2, padding=1), nn.ReLU(),
-                nn.Conv2d(embed_dim // 2, embed_dim, kernel_size=3, stride=2, padding=1))
+                Conv2d(in_chans, embed_dim // 4, kernel_size=7, stride=4, padding=3), nn.ReLU(),
+                Conv2d(embed_dim // 4, embed_dim // 2, kernel_size=3, stride=2, padding=1), nn.ReLU(),
+                Conv2d(embed_dim // 2, embed_dim, kernel_size=3, stride=2, padding=1))
         else:
             raise EdgevitError(f"the CrossViT multi-conv (†) stem exists for patch sizes 12 and 16, not "
                                f"{patch_size}; use multi_conv=False or patch_size=(12, 16).")
@@ -128,6 +128,8 @@ class PatchEmbed(nn.Module):
         self.num_patches = side * side
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.proj, Conv2d):  # channels-last tokens straight away: the GEMM form needs no transpose
+            return self.proj.channels_last(x, input_layout="NCHW").flatten(1, 2)
         return self.proj(x).flatten(2).transpose(1, 2)
 
 

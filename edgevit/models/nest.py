@@ -10,7 +10,8 @@ Export-friendly forms (each exact to what it replaces; tests/models/test_nest.py
 - the padded max pools (TF 'SAME' of the `_jx` weights, timm's symmetric one otherwise) as "replicate the edge
   rows and columns, then max_pool2d(3, 2)" instead of a -inf pad: a replicated value never exceeds the window
   maximum it joins;
-- global average pool as a mean over dims (2, 3) of the NCHW map, which XNNPACK delegates.
+- global average pool as a mean over dims (2, 3) of the NCHW map, which XNNPACK delegates;
+- maps between levels channels-last (B, H, W, C), the layout of the blocks and of the convs' GEMM form.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from torch import nn
 from ..errors import EdgevitError
 from .base import EdgeModel
 from .checkpoint import KeyLayout, StateDict, identity_convert
-from .layers import Block, Dropout, LayerNorm, drop_path_rates, resample_abs_pos_embed
+from .layers import Block, Conv2d, Dropout, LayerNorm, drop_path_rates, resample_abs_pos_embed
 from .registry import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Family, PretrainedCfg, Reported, register_family
 
 _NO_WEIGHTS = ("none: timm publishes no weights for the symmetric-pad {name}; the JAX weights need 'same' "
@@ -115,33 +116,36 @@ def max_pool_padded(x: torch.Tensor, pad_type: str) -> torch.Tensor:
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patch conv; the output stays a (B, C, H, W) map (timm's `PatchEmbed(flatten=False)`)."""
+    """Non-overlapping patch conv of an NCHW image to a channels-last (B, H, W, C) map (timm's
+    `PatchEmbed(flatten=False)` keeps NCHW; the levels work channels-last)."""
 
     def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
+        return self.proj.channels_last(x, input_layout="NCHW")
 
 
 class ConvPool(nn.Module):
-    """Block aggregation between levels: conv 3x3 -> LayerNorm over channels -> max pool 3x3 stride 2."""
+    """Block aggregation between levels: conv 3x3 -> LayerNorm over channels -> max pool 3x3 stride 2, on
+    channels-last (B, H, W, C) maps."""
 
     def __init__(self, in_channels: int, out_channels: int, pad_type: str = "") -> None:
         super().__init__()
         self.pad_type = pad_type
         # timm's 'same' conv of a 3x3 stride-1 kernel is the static symmetric padding 1 too
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.conv = Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
         self.norm = LayerNorm(out_channels, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(self.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return max_pool_padded(x, self.pad_type)
+        x = self.norm(self.conv.channels_last(x)).permute(0, 3, 1, 2)
+        return max_pool_padded(x, self.pad_type).permute(0, 2, 3, 1)
 
 
 class NestLevel(nn.Module):
-    """One level: (pool) -> blocks + per-block position embedding -> transformer layers -> back to a map."""
+    """One level: (pool) -> blocks + per-block position embedding -> transformer layers -> back to a
+    channels-last map."""
 
     def __init__(self, num_blocks: int, block_size: int, num_heads: int, depth: int, embed_dim: int,
                  prev_embed_dim: int | None, mlp_ratio: float, qkv_bias: bool, drop_path_rates: Sequence[float],
@@ -159,12 +163,11 @@ class NestLevel(nn.Module):
             for rate in drop_path_rates])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = blockify(self.pool(x).permute(0, 2, 3, 1), self.block_size) + self.pos_embed
+        x = blockify(self.pool(x), self.block_size) + self.pos_embed
         batch, blocks, tokens, channels = x.shape
         # blocks folded into the batch: attention stays inside each block and is a 3-D bmm
         x = self.transformer_encoder(x.reshape(batch * blocks, tokens, channels))
-        x = deblockify(x.reshape(batch, blocks, tokens, channels), self.grid, self.block_size)
-        return x.permute(0, 3, 1, 2)
+        return deblockify(x.reshape(batch, blocks, tokens, channels), self.grid, self.block_size)
 
 
 def _per_level(value: int | Sequence[int], num_levels: int, name: str) -> tuple:
@@ -240,7 +243,7 @@ class Nest(EdgeModel):
         """(B, C, H, W) map after the final LayerNorm, as timm's `forward_features`."""
         self.check_input(x)
         x = self.levels(self.patch_embed(x))
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.norm(x).permute(0, 3, 1, 2)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean(dim=(2, 3), keepdim=True)  # the form XNNPACK delegates (4-D, dims [2, 3])

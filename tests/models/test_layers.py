@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgevit.models.layers import (LayerNorm, OneHotUnfold, SeparableResize, layer_norm_form,
+from edgevit.models.layers import (Conv2d, LayerNorm, OneHotUnfold, SeparableResize, export_forms, layer_norm_form,
                                    multi_head_attention, resample_abs_pos_embed)
 
 
@@ -54,3 +54,43 @@ def test_pos_embed_resample_keeps_prefix_and_grid_values():
     resized = resample_abs_pos_embed(pos, (20, 20))
     assert resized.shape == (1, 401, 8) and torch.equal(resized[:, :1], pos[:, :1])
     assert resample_abs_pos_embed(pos, (14, 14)) is pos
+
+
+@pytest.mark.parametrize("in_chans,out_chans,kernel,stride,padding,size", [
+    (8, 16, 3, 1, 1, 14),    # NesT's block aggregation
+    (4, 6, 3, 1, 0, 9),      # valid padding
+    (5, 7, 1, 1, 0, 6),      # pointwise: the map itself is the patch matrix
+    (3, 12, 4, 4, 0, 16),    # non-overlapping patches (NesT, CrossViT patch embeddings)
+    (3, 12, 4, 4, 0, 18),    # ... with a remainder the strided conv drops
+    (3, 8, 7, 4, 3, 32),     # no GEMM form: stays a native conv
+])
+def test_conv_gemm_form_equals_native(in_chans, out_chans, kernel, stride, padding, size):
+    torch.manual_seed(0)
+    conv = Conv2d(in_chans, out_chans, kernel, stride=stride, padding=padding)
+    x = torch.randn(2, in_chans, size, size)
+    reference = F.conv2d(x, conv.weight, conv.bias, stride=stride, padding=padding)
+    with export_forms(conv, conv="gemm"):
+        assert conv.form == "gemm"
+        assert (conv(x) - reference).abs().max() < 1e-5
+        assert (conv.channels_last(x, input_layout="NCHW") - reference.permute(0, 2, 3, 1)).abs().max() < 1e-5
+        assert (conv.channels_last(x.permute(0, 2, 3, 1)) - reference.permute(0, 2, 3, 1)).abs().max() < 1e-5
+    assert conv.form == "native"  # restored
+    assert conv.has_gemm_form == (stride == 1 or (stride == kernel and padding == 0))
+    assert list(conv.state_dict()) == ["weight", "bias"]  # nn.Conv2d's keys: checkpoints load unchanged
+
+
+def test_conv_gemm_form_is_one_matrix_multiply_in_the_exported_graph():
+    conv = Conv2d(8, 16, 3, padding=1)
+    with export_forms(conv, conv="gemm"), torch.no_grad():
+        program = torch.export.export(conv.eval(), (torch.randn(1, 8, 10, 10),), strict=True)
+    ops = [str(node.target) for node in program.graph.nodes if node.op == "call_function"]
+    assert "aten.linear.default" in ops and not any("conv" in op for op in ops)
+
+
+def test_export_forms_rejects_unknown_kinds_and_forms():
+    with pytest.raises(ValueError, match="conv form must be one of"):
+        with export_forms(Conv2d(3, 3, 1), conv="winograd"):
+            pass
+    with pytest.raises(ValueError, match="no layer kind"):
+        with export_forms(Conv2d(3, 3, 1), attention="flash"):
+            pass

@@ -9,7 +9,7 @@ import torch
 from edgevit.convert import convert
 from edgevit.data import fashion_mnist
 from edgevit.errors import EdgevitError
-from edgevit.models import layer_norm_form
+from edgevit.models import Conv2d, layer_norm_form
 from edgevit.quantization import RECIPES, get_recipe
 from edgevit.quantization.islands import quantizable
 from edgevit.quantization.pt2e import calibrated
@@ -37,6 +37,21 @@ def test_executorch_dynamic_int8_runs_a_model_with_padded_convs(tmp_path):
                         verify_samples=4)
     assert outcome.status == "ok", outcome.error
     assert outcome.report["delegation"]["partitions"] == 1
+
+
+@needs_data
+def test_executorch_int8_keeps_gemm_form_conv_weights_int8(tmp_path):
+    # ExecuTorch lowers convs as GEMMs over patches, their weights reshaped in the graph and folded to constants;
+    # the folding must stop at the int8 weights, not turn them back into float ones
+    model = TINY["nest_symmetric"]()
+    gemm_convs = sum(isinstance(m, Conv2d) and m.has_gemm_form for m in model.modules())
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    [outcome] = convert(model, targets="executorch", out=tmp_path, quantize="int8", calib_samples=CALIB,
+                        verify_samples=4)
+    assert outcome.status == "ok", outcome.error
+    delegated = outcome.report["delegation"]["delegated_ops"]
+    assert gemm_convs >= 2 and "convolution" not in delegated
+    assert delegated.get("quantized_decomposed_dequantize_per_channel", 0) == gemm_convs + linears
 
 
 @needs_data
