@@ -55,7 +55,12 @@ def sweep_variant(name: str, targets: list[str]) -> list[dict]:
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    lines = [f"# Conversion sweep ({meta['date']}, torch {meta['torch']}, {meta['machine']})", "",
+    dates = sorted({row["date"] for row in rows})
+    threads = sorted({row["threads"] for row in rows})
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    lines = [f"# Conversion sweep ({when}, torch {meta['torch']}, {meta['machine']})", "",
+             f"Seconds measured with {' or '.join(map(str, threads))} torch thread(s) on a 2-core host, each row "
+             "on its date (see convert_sweep.json), often while other work shared the cores.", "",
              f"Command: `{meta['command']}` (run per variant with `--pattern NAME`; rows merge). Random weights; parity is against eager PyTorch on 8 Fashion-MNIST "
              "test images. Core ML numerics run only on macOS (\"not run\" here).", "",
              "| variant | target | precision | status | seconds | MB | backend | parity |",
@@ -97,10 +102,11 @@ def main() -> int:
         fresh += sweep_variant(name, args.targets)
         statuses = ", ".join(f"{r['target']} {r['status']}" for r in fresh if r["variant"] == name)
         print(f"[{index}/{len(names)}] {name}: {statuses} ({time.perf_counter() - start:.0f} s)", flush=True)
+    for row in fresh:  # rows merge across runs, so each keeps when and how it was measured
+        row.update(date=time.strftime("%Y-%m-%d"), threads=torch.get_num_threads())
     replaced = {(r["variant"], r["target"]) for r in fresh}
     rows = [r for r in previous if (r["variant"], r["target"]) not in replaced] + fresh
-    meta = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
-            "machine": f"x86_64, {torch.get_num_threads()} threads",
+    meta = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "machine": "x86_64",
             "command": "python benchmarks/convert_sweep.py --out benchmarks/results"}
     out.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
