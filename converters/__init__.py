@@ -54,11 +54,16 @@ def get_target(name: str) -> ModuleType:
                            f"Install it with: pip install 'edgevit[{_EXTRAS[name]}]'") from None
 
 
+def forms_of(target: ModuleType) -> dict[str, str]:
+    """The forms of edgevit's dual-form layers that `target` exports, as `edgevit.models.export_forms` takes them."""
+    return {"layer_norm": target.LAYER_NORM, "conv": target.CONV}
+
+
 def target_forms(model, target: ModuleType):
-    """Context: `model`'s LayerNorms and convs in the forms `target` exports (see `edgevit.models.export_forms`)."""
+    """Context: `model`'s LayerNorms and convs in the forms `target` exports."""
     from edgevit.models import export_forms
 
-    return export_forms(model, layer_norm=target.LAYER_NORM, conv=target.CONV)
+    return export_forms(model, **forms_of(target))
 
 
 def resolve_targets(names: str | list[str]) -> list[str]:

@@ -155,8 +155,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     _print_table(rows, ["target", "precision", "status", "MB", "seconds", "check", "backend", "bundle"])
     failed = [o for o in outcomes if o.status == "failed"]
     logs = {o.toolchain_log for o in outcomes if o.toolchain_log}
-    if logs:
-        print(f"\ntoolchain messages (warnings, C++ logs): {', '.join(map(str, logs))}; --verbose shows them live")
+    _point_to_toolchain_logs(logs)
     if failed:
         print(f"\n{len(failed)} conversion(s) failed; see the messages above"
               + (" and the toolchain log." if logs else "."), file=sys.stderr)
@@ -231,11 +230,15 @@ def cmd_parity(args: argparse.Namespace) -> int:
                     eval_samples=args.eval_samples, out=args.out, max_drop=args.max_drop,
                     keep_float=tuple(args.keep_float or ()), threads=args.threads,
                     quiet_toolchains=not args.verbose, log=log)
-    logs = sorted({str(Path(row["bundle"]).parent / "toolchains.log") for row in report.rows if row.get("bundle")
-                   and (Path(row["bundle"]).parent / "toolchains.log").is_file()})
-    if logs:
-        print(f"toolchain messages (warnings, C++ logs): {', '.join(logs)}; --verbose shows them live")
+    bundles = {Path(row["bundle"]).parent for row in report.rows if row.get("bundle")}
+    _point_to_toolchain_logs(path for path in (d / "toolchains.log" for d in bundles) if path.is_file())
     return _print_parity(report)
+
+
+def _point_to_toolchain_logs(logs) -> None:
+    logs = sorted(map(str, logs))
+    if logs:
+        print(f"\ntoolchain messages (warnings, C++ logs): {', '.join(logs)}; --verbose shows them live")
 
 
 def _print_parity(report) -> int:
@@ -425,8 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "XNNPACK's quantizer for executorch, XNNPACK's with symmetric activations for onnx QDQ, "
                     "litert-torch's for tflite, CoreMLQuantizer for coreml), LayerNorm, softmax, GELU, attention "
                     "and the T2T Performer kept float, in the target's LayerNorm and conv forms. Reports test top-1 "
-                    "of the float model, of int8 with calibrated ranges and after each QAT epoch, and writes OUT/qat.pt "
-                    "(fine-tuned float weights + fake-quant state + metadata) and OUT/metrics.json. Convert it with "
+                    "of the float model, of int8 with calibrated ranges and after each QAT epoch, and writes "
+                    "OUT/qat.pt (fine-tuned float weights + fake-quant state + metadata) and OUT/metrics.json. Convert it with "
                     "`edgevit convert MODEL --weights OUT/qat.pt --target TARGET` (bundle TARGET-qat-int8).",
         epilog="examples:\n  edgevit qat t2t_vit_7 --weights runs/t2t_vit_7/best.pt --target tflite\n"
                "  edgevit qat tnt_ti --weights runs/tnt_ti/best.pt --target executorch --epochs 3 --lr 5e-5\n"

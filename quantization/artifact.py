@@ -125,7 +125,8 @@ def quantize_onnx(artifact: Path, recipe: str, model: nn.Module, calibration, fl
                             quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
                             weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
                             calibrate_method=CalibrationMethod.MinMax,
-                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "OpTypesToExcludeOutputQuantization": ["Conv"]})
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                           "OpTypesToExcludeOutputQuantization": ["Conv"]})
         else:
             # per-tensor: ORT's per-channel dynamic MatMul produces wrong-shaped scales for transposed weights
             quantize_dynamic(str(prepared), str(artifact), per_channel=False, weight_type=QuantType.QInt8,

@@ -359,10 +359,9 @@ def qat(model_name: str, weights: str | os.PathLike, target: str, data: str | No
         raise EdgevitError(f"{qat_path} exists; pass --force to replace it, or choose another --out.")
     data = str(data) if data is not None else trained.get("data") or "fashion-mnist"
     dev = resolve_device(device)
-    from edgevit.converters import get_target
+    from edgevit.converters import forms_of, get_target
 
-    converter = get_target(target)  # fails early when the target's toolchain is missing
-    forms = {"layer_norm": converter.LAYER_NORM, "conv": converter.CONV}
+    forms = forms_of(get_target(target))  # fails early when the target's toolchain is missing
     qat_quantizer(target)
 
     train_set = load_images(data, "train", data_dir)

@@ -54,7 +54,8 @@ class Conv2d(nn.Conv2d):
     22 ms). With `form = "gemm"` the patches are gathered with slices and one concatenation (im2col without a
     gather op) and multiplied by the weight reshaped to (out, kh*kw*in); the converter folds that reshape into
     a constant. Only stride-1 convs and non-overlapping patch convs (stride = kernel, no padding) have this form;
-    the others always run natively. The cost is memory: the patch matrix is kh*kw times the input map.
+    the others always run natively (patch convs: square kernels). The cost is memory: the patch matrix is kh*kw
+    times the input map.
     """
 
     form: str = "native"
@@ -63,7 +64,8 @@ class Conv2d(nn.Conv2d):
     def has_gemm_form(self) -> bool:
         simple = (self.groups == 1 and self.dilation == (1, 1) and self.padding_mode == "zeros"
                   and not isinstance(self.padding, str))
-        patches = self.stride == self.kernel_size and self.padding == (0, 0)
+        patches = self.stride == self.kernel_size and self.kernel_size[0] == self.kernel_size[1] \
+            and self.padding == (0, 0)
         return simple and (self.stride == (1, 1) or patches)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,18 +89,72 @@ class Conv2d(nn.Conv2d):
         """(B, H, W, C) -> (B, H', W', kh*kw*C), each window's values ordered (row, column, channel)."""
         (kernel_h, kernel_w), (pad_h, pad_w) = self.kernel_size, self.padding
         batch, height, width, channels = x.shape
-        if self.stride == self.kernel_size and self.stride != (1, 1):
+        if self.stride == self.kernel_size and self.stride != (1, 1):  # non-overlapping square patches
             grid_h, grid_w = height // kernel_h, width // kernel_w
-            if (height, width) != (grid_h * kernel_h, grid_w * kernel_w):  # a whole-range slice is an alias_copy
-                x = x[:, :grid_h * kernel_h, :grid_w * kernel_w]  # that XNNPACK leaves out; the conv drops the rest
-            x = x.reshape(batch * grid_h, kernel_h, grid_w, kernel_w * channels).permute(0, 2, 1, 3)
-            return x.reshape(batch, grid_h, grid_w, kernel_h * kernel_w * channels)
+            if (height, width) != (grid_h * kernel_h, grid_w * kernel_w):  # the strided conv drops the rest; a
+                x = x[:, :grid_h * kernel_h, :grid_w * kernel_w]  # whole-range slice would be an alias_copy
+            return blockify(x, kernel_h).reshape(batch, grid_h, grid_w, kernel_h * kernel_w * channels)
         if kernel_h == kernel_w == 1:
             return x
         x = F.pad(x, (0, 0, pad_w, pad_w, pad_h, pad_h))
         out_h, out_w = height + 2 * pad_h - kernel_h + 1, width + 2 * pad_w - kernel_w + 1
         return torch.cat([x[:, i:i + out_h, j:j + out_w, :] for i in range(kernel_h) for j in range(kernel_w)],
                          dim=3)
+
+
+def blockify(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B, T, N, C): row-major blocks of block_size², row-major tokens inside each block.
+
+    timm reshapes to 6-D (B, gh, bs, gw, bs, C); folding (B, gh) and (bs, C) keeps every tensor rank 4.
+    """
+    batch, height, width, channels = x.shape
+    grid_h, grid_w = height // block_size, width // block_size
+    x = x.reshape(batch * grid_h, block_size, grid_w, block_size * channels).permute(0, 2, 1, 3)
+    return x.reshape(batch, grid_h * grid_w, block_size * block_size, channels)
+
+
+def deblockify(x: torch.Tensor, grid: tuple[int, int], block_size: int) -> torch.Tensor:
+    """The inverse of `blockify`: (B, T, N, C) -> (B, H, W, C) for a grid of (gh, gw) blocks."""
+    batch, _, _, channels = x.shape
+    grid_h, grid_w = grid
+    x = x.reshape(batch * grid_h, grid_w, block_size, block_size * channels).permute(0, 2, 1, 3)
+    return x.reshape(batch, grid_h * block_size, grid_w * block_size, channels)
+
+
+
+# The layers with an export-only second form, by the keyword `export_forms` takes; targets choose per backend.
+DUAL_FORM_LAYERS = {"layer_norm": (LayerNorm, LAYER_NORM_FORMS), "conv": (Conv2d, CONV_FORMS)}
+
+
+def set_export_forms(model: nn.Module, **forms: str) -> None:
+    """Switch every edgevit LayerNorm (`layer_norm=`) and/or Conv2d (`conv=`) in `model` to the given form."""
+    for kind, form in forms.items():
+        if kind not in DUAL_FORM_LAYERS:
+            raise ValueError(f"no layer kind {kind!r}; forms exist for {', '.join(DUAL_FORM_LAYERS)}")
+        layer_type, allowed = DUAL_FORM_LAYERS[kind]
+        if form not in allowed:
+            raise ValueError(f"{kind} form must be one of {allowed}, not {form!r}")
+        for module in model.modules():
+            if isinstance(module, layer_type):
+                module.form = form
+
+
+@contextmanager
+def export_forms(model: nn.Module, **forms: str) -> Iterator[nn.Module]:
+    """Temporarily switch layers to an export form (see `set_export_forms`); the previous forms come back."""
+    types = tuple(DUAL_FORM_LAYERS[kind][0] for kind in forms if kind in DUAL_FORM_LAYERS)
+    previous = [(m, m.form) for m in model.modules() if isinstance(m, types)]
+    set_export_forms(model, **forms)
+    try:
+        yield model
+    finally:
+        for module, old in previous:
+            module.form = old
+
+
+def layer_norm_form(model: nn.Module, form: str) -> Iterator[nn.Module]:
+    """Temporarily switch every edgevit LayerNorm in `model` to `form` ("native" or "matmul")."""
+    return export_forms(model, layer_norm=form)
 
 
 class Dropout(nn.Dropout):
@@ -263,41 +319,6 @@ class OneHotUnfold(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.conv2d(x, self.weight, stride=self.stride, padding=self.padding, groups=self.in_chans)
         return out.flatten(2)
-
-
-# The layers with an export-only second form, by the keyword `export_forms` takes; targets choose per backend.
-DUAL_FORM_LAYERS = {"layer_norm": ((LayerNorm,), LAYER_NORM_FORMS), "conv": ((Conv2d,), CONV_FORMS)}
-
-
-def set_export_forms(model: nn.Module, **forms: str) -> None:
-    """Switch every edgevit LayerNorm (`layer_norm=`) and/or Conv2d (`conv=`) in `model` to the given form."""
-    for kind, form in forms.items():
-        if kind not in DUAL_FORM_LAYERS:
-            raise ValueError(f"no layer kind {kind!r}; forms exist for {', '.join(DUAL_FORM_LAYERS)}")
-        layer_types, allowed = DUAL_FORM_LAYERS[kind]
-        if form not in allowed:
-            raise ValueError(f"{kind} form must be one of {allowed}, not {form!r}")
-        for module in model.modules():
-            if isinstance(module, layer_types):
-                module.form = form
-
-
-@contextmanager
-def export_forms(model: nn.Module, **forms: str) -> Iterator[nn.Module]:
-    """Temporarily switch layers to an export form (see `set_export_forms`); the previous forms come back."""
-    types = tuple(t for kind in forms if kind in DUAL_FORM_LAYERS for t in DUAL_FORM_LAYERS[kind][0])
-    previous = [(m, m.form) for m in model.modules() if isinstance(m, types)]
-    set_export_forms(model, **forms)
-    try:
-        yield model
-    finally:
-        for module, old in previous:
-            module.form = old
-
-
-def layer_norm_form(model: nn.Module, form: str) -> Iterator[nn.Module]:
-    """Temporarily switch every edgevit LayerNorm in `model` to `form` ("native" or "matmul")."""
-    return export_forms(model, layer_norm=form)
 
 
 def bicubic_matrix(in_size: int, out_size: int) -> torch.Tensor:

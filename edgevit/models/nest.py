@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import EdgevitError
 from .base import EdgeModel
 from .checkpoint import KeyLayout, StateDict, identity_convert
-from .layers import Block, Conv2d, Dropout, LayerNorm, drop_path_rates, resample_abs_pos_embed
+from .layers import Block, Conv2d, Dropout, LayerNorm, blockify, deblockify, drop_path_rates, resample_abs_pos_embed
 from .registry import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Family, PretrainedCfg, Reported, register_family
 
 _NO_WEIGHTS = ("none: timm publishes no weights for the symmetric-pad {name}; the JAX weights need 'same' "
@@ -77,25 +77,6 @@ VARIANTS = {
 }
 
 PAD_TYPES = ("", "same")
-
-
-def blockify(x: torch.Tensor, block_size: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B, T, N, C): row-major blocks of block_size², row-major tokens inside each block.
-
-    timm reshapes to 6-D (B, gh, bs, gw, bs, C); folding (B, gh) and (bs, C) keeps every tensor rank 4.
-    """
-    batch, height, width, channels = x.shape
-    grid_h, grid_w = height // block_size, width // block_size
-    x = x.reshape(batch * grid_h, block_size, grid_w, block_size * channels).permute(0, 2, 1, 3)
-    return x.reshape(batch, grid_h * grid_w, block_size * block_size, channels)
-
-
-def deblockify(x: torch.Tensor, grid: tuple[int, int], block_size: int) -> torch.Tensor:
-    """The inverse of `blockify`: (B, T, N, C) -> (B, H, W, C) for a grid of (gh, gw) blocks."""
-    batch, _, _, channels = x.shape
-    grid_h, grid_w = grid
-    x = x.reshape(batch * grid_h, grid_w, block_size, block_size * channels).permute(0, 2, 1, 3)
-    return x.reshape(batch, grid_h * block_size, grid_w * block_size, channels)
 
 
 def max_pool_padded(x: torch.Tensor, pad_type: str) -> torch.Tensor:
