@@ -1,9 +1,10 @@
 """How much faster can int8 be on this CPU? One transformer MLP (Linear-GELU-Linear) in fp32, static int8 and
 dynamic int8 through ExecuTorch/XNNPACK and LiteRT/XNNPACK, each in its own process via the bench harness.
 
-    python benchmarks/int8_ceiling.py --out benchmarks/results [--tokens 197] [--dim 384]
+    python benchmarks/int8_ceiling.py --out benchmarks/results [--shapes 197x384 3136x12]
 
 A whole model cannot speed up more than its GEMMs do, so this bounds what the int8 recipes can reach here.
+The narrow shape (TNT-Ti's word MLP, 12 -> 48 -> 12) also shows where ExecuTorch's fp32 GEMMs trail LiteRT's.
 Writes int8_ceiling.json and int8_ceiling.md.
 """
 from __future__ import annotations
@@ -47,18 +48,12 @@ def bundle(directory: Path, target, model: nn.Module, example: torch.Tensor, pre
     return directory
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--tokens", type=int, default=197)
-    parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--iters", type=int, default=200)
-    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
-    args = parser.parse_args()
+def measure_shape(tokens: int, dim: int, iters: int, threads: list[int]) -> list[dict]:
+    """fp32, static and dynamic int8 medians of one MLP on (tokens, dim) in both runtimes, per thread count."""
     torch.manual_seed(0)
-    model = Mlp(args.dim).eval()
+    model = Mlp(dim).eval()
     # (1, 1, tokens, dim): the harness feeds rank-4 inputs, and a Linear takes any leading dims
-    example = torch.randn(1, 1, args.tokens, args.dim)
+    example = torch.randn(1, 1, tokens, dim)
     calibration = [torch.randn_like(example) for _ in range(16)]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -71,29 +66,53 @@ def main() -> None:
                                        fold_quantize=target is not tflite)
                 options = {"quant_config": litert_quant_config(dynamic)} if target is tflite else {}
                 paths.append(bundle(root / f"{target.NAME}-{recipe}", target, quantized, example, recipe, **options))
-        for threads in args.threads:
-            report = bench(paths, iters=args.iters, warmup=20, threads=threads, baseline=False)
+        for count in threads:
+            report = bench(paths, iters=iters, warmup=20, threads=count, baseline=False)
             for runtime in ("executorch", "tflite"):
                 medians = {m["precision"]: m["latency_ms"]["median"] for m in report["measurements"]
                            if m["target"] == runtime}
-                rows.append({"runtime": runtime, "threads": threads, "median_ms": medians,
+                rows.append({"tokens": tokens, "dim": dim, "gmacs": 2 * tokens * dim * 4 * dim / 1e9,
+                             "runtime": runtime, "threads": count, "median_ms": medians,
                              "speedup": {k: medians["fp32"] / v for k, v in medians.items()}})
                 print(rows[-1], flush=True)
-    macs = 2 * args.tokens * args.dim * 4 * args.dim
+    return rows
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    tokens, _, dim = text.partition("x")
+    return int(tokens), int(dim)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=[(197, 384), (3136, 12)],
+                        metavar="TOKENSxDIM", help="MLP inputs to time; the defaults are a ViT-S block and "
+                        "TNT-Ti's inner (word) MLP, whose narrow GEMMs behave differently")
+    parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    args = parser.parse_args()
+    rows = [row for tokens, dim in args.shapes for row in measure_shape(tokens, dim, args.iters, args.threads)]
+    shapes = " ".join(f"{tokens}x{dim}" for tokens, dim in args.shapes)
     meta = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(), "environment": host_environment(),
-            "tokens": args.tokens, "dim": args.dim, "gmacs": macs / 1e9, "command": "python benchmarks/int8_ceiling.py"}
+            "command": f"python benchmarks/int8_ceiling.py --shapes {shapes} --iters {args.iters}"}
     out = Path(args.out)
     (out / "int8_ceiling.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     lines = [f"# int8 ceiling on this CPU ({meta['date']}, {meta['cpu']})", "",
-             f"Command: `{meta['command']}`. One MLP block (Linear {args.dim}->{4 * args.dim}, GELU, Linear back) "
-             f"on {args.tokens} tokens ({meta['gmacs']:.3f} GMACs), each runtime and precision in its own "
-             f"process, medians of {args.iters} interleaved runs.", "",
-             "| runtime | threads | fp32 ms | static int8 ms | dynamic int8 ms | static speed-up | dynamic speed-up |",
-             "|---|---|---|---|---|---|---|"]
+             f"Command: `{meta['command']}`. One MLP block (Linear dim->4 dim, GELU, Linear back) on "
+             f"tokens x dim inputs, each runtime and precision in its own process, medians of {args.iters} "
+             "interleaved runs. The last column compares the two runtimes' fp32 (ExecuTorch / LiteRT).", "",
+             "| tokens x dim | GMACs | runtime | threads | fp32 ms | static int8 ms | dynamic int8 ms "
+             "| static speed-up | dynamic speed-up | fp32 ET / LiteRT |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         m, s = row["median_ms"], row["speedup"]
-        lines.append(f"| {row['runtime']} | {row['threads']} | {m['fp32']:.3f} | {m['int8']:.3f} | "
-                     f"{m['dynamic-int8']:.3f} | {s['int8']:.2f}x | {s['dynamic-int8']:.2f}x |")
+        litert = next(r for r in rows if r["runtime"] == "tflite" and r["threads"] == row["threads"]
+                      and (r["tokens"], r["dim"]) == (row["tokens"], row["dim"]))
+        ratio = f"{m['fp32'] / litert['median_ms']['fp32']:.2f}" if row["runtime"] == "executorch" else ""
+        lines.append(f"| {row['tokens']}x{row['dim']} | {row['gmacs']:.4f} | {row['runtime']} | {row['threads']} "
+                     f"| {m['fp32']:.3f} | {m['int8']:.3f} | {m['dynamic-int8']:.3f} | {s['int8']:.2f}x "
+                     f"| {s['dynamic-int8']:.2f}x | {ratio} |")
     (out / "int8_ceiling.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'int8_ceiling.md'}")
 

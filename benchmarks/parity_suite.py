@@ -3,12 +3,15 @@ scored against it on the whole test split, each artifact in its own runtime.
 
     python benchmarks/parity_suite.py --out benchmarks/results            # train what is missing, then score
     python benchmarks/parity_suite.py --models t2t_vit_7 --skip-train      # score existing runs/suite/* only
+    python benchmarks/parity_suite.py --skip-train --qat executorch tflite  # add QAT rows (fine-tunes if needed)
 
 Float runs go to runs/suite/MODEL (git-ignored; `edgevit train` with the settings below, skipped when best.pt is
 there), bundles to runs/suite/MODEL/parity/bundles; OUT/parity/MODEL.{json,md} and OUT/parity.md are the results.
 Equivalent per model: `edgevit train MODEL --img-size 32 --train-samples N --epochs E --batch-size B --out
 runs/suite/MODEL` then `edgevit parity MODEL --weights runs/suite/MODEL/best.pt --targets all --precisions fp32
-fp16 --quantize RECIPES...`.
+fp16 --quantize RECIPES...`. QAT rows: `edgevit qat MODEL --weights runs/suite/MODEL/best.pt --target T
+--epochs E --train-samples N` (to runs/suite/MODEL/qat-T/qat.pt), then `edgevit parity MODEL --weights
+runs/suite/MODEL/qat-T/qat.pt --targets T`, merged into the model's table against the same float best.pt.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from pathlib import Path
 from edgevit.bench.environment import cpu_model
 from edgevit.converters import resolve_targets
 from edgevit.parity import ParityReport, markdown, parity
+from edgevit.quantization.qat import qat
 from edgevit.quantization.recipes import RECIPES
 from edgevit.train import train
 
@@ -48,6 +52,11 @@ def main(argv=None) -> int:
                         help="TARGET:RECIPE to score [every recipe of --targets]; none: precisions only")
     parser.add_argument("--update", action="store_true",
                         help="replace only the scored rows in OUT/parity/MODEL.json (after a fix), keep the others")
+    parser.add_argument("--qat", nargs="+", default=[], metavar="TARGET",
+                        help="instead of the PTQ table: quantization-aware fine-tune each model for these targets "
+                             "(when runs/suite/MODEL/qat-TARGET/qat.pt is missing) and add their qat-int8 rows")
+    parser.add_argument("--qat-epochs", type=int, default=1, help="QAT epochs [1]")
+    parser.add_argument("--qat-samples", type=int, default=5000, help="class-balanced QAT training images [5000]")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -65,6 +74,9 @@ def main(argv=None) -> int:
                 continue
             train(name, data="fashion-mnist", img_size=32, train_samples=args.train_samples, epochs=args.epochs,
                   batch_size=args.batch_size, eval_samples=2000, out=run, log=print)
+        if args.qat:
+            _add_qat_rows(name, run, weights, out, command, args)
+            continue
         started = time.perf_counter()
         report = parity(name, weights, targets=targets, precisions=args.precisions, recipes=recipes,
                         calib_samples=args.calib_samples, eval_samples=args.eval_samples, max_drop=args.max_drop,
@@ -72,7 +84,8 @@ def main(argv=None) -> int:
         minutes = (time.perf_counter() - started) / 60
         metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
         if args.update:
-            report, section = _updated(out / "parity" / name, report, command)
+            report, section = _updated(out / "parity" / name, report,
+                                       f"Re-scored {datetime.date.today()} after fixes, with `{command}`")
         else:
             section = _section(name, report, metrics, minutes, command, args)
         (out / "parity" / f"{name}.json").write_text(json.dumps(report.to_dict(), indent=1))
@@ -80,6 +93,28 @@ def main(argv=None) -> int:
         print(markdown(report))
     print(f"wrote {write_combined(out)}")
     return 0
+
+
+def _add_qat_rows(name: str, run: Path, weights: Path, out: Path, command: str, args) -> None:
+    """Fine-tune for each --qat target where no qat.pt exists, score it against best.pt, merge into the table."""
+    for target in resolve_targets(args.qat):
+        checkpoint = run / f"qat-{target}" / "qat.pt"
+        if not checkpoint.is_file():
+            qat(name, weights, target, epochs=args.qat_epochs, train_samples=args.qat_samples, eval_samples=2000,
+                out=checkpoint.parent, log=print)
+        trained = json.loads((checkpoint.parent / "metrics.json").read_text())
+        report = parity(name, checkpoint, targets=[target], calib_samples=args.calib_samples,
+                        eval_samples=args.eval_samples, threads=args.threads, reference_weights=weights,
+                        out=run / "parity" / f"qat-{target}", log=print)
+        details = (f"`edgevit qat` fine-tuned best.pt for {trained['epochs']} epoch(s) on {trained['train_samples']} "
+                   f"class-balanced training images (lr {trained['lr']:g}, {trained['seconds'] / 60:.0f} min on "
+                   f"{trained['device']}); drop, agreement and cosine are against the same float best.pt as the "
+                   "other rows.")
+        merged, section = _updated(out / "parity" / name, report,
+                                   f"QAT added {datetime.date.today()} with `{command}`", details)
+        (out / "parity" / f"{name}.json").write_text(json.dumps(merged.to_dict(), indent=1))
+        (out / "parity" / f"{name}.md").write_text(section)
+        print(markdown(report))
 
 
 def write_combined(out: Path) -> Path:
@@ -137,11 +172,14 @@ def _section(name, report, metrics, minutes, command, args) -> str:
         ""] + body[table_start:]).rstrip() + "\n"
 
 
-def _updated(stem: Path, report: ParityReport, command: str) -> tuple[ParityReport, str]:
-    """The model's previous results with the rows just scored in place of the old ones, and its section."""
+def _updated(stem: Path, report: ParityReport, note: str, details: str = "") -> tuple[ParityReport, str]:
+    """The model's previous results with the rows just scored in place of the old ones, and its section; `note`,
+    the rows scored and `details` go above the table."""
     previous = json.loads(stem.with_suffix(".json").read_text())
-    if previous["eval_images"] != report.eval_images or previous["weights"] != report.weights:
-        raise SystemExit(f"{stem}: --update needs the same weights and --eval-samples as the scored results")
+    compared = report.reference.get("weights", report.weights)
+    if previous["eval_images"] != report.eval_images or Path(previous["weights"]) != Path(compared):
+        raise SystemExit(f"{stem}: adding rows needs the same float weights and --eval-samples as the scored "
+                         f"results ({previous['weights']}, {previous['eval_images']} images)")
     # a precision the target does not offer (ExecuTorch fp16) comes back "skipped": nothing was re-scored
     scored = [row for row in report.rows if row["target"] != "pytorch" and row.get("status") != "skipped"]
     fresh = {(row["target"], row["precision"]): row for row in scored}
@@ -154,10 +192,9 @@ def _updated(stem: Path, report: ParityReport, command: str) -> tuple[ParityRepo
                           rows=rows, failures=failures + report.failures)
     old = stem.with_suffix(".md").read_text().split("\n")
     header = old[:next(i for i, line in enumerate(old) if line.startswith("|"))]
-    note = (f"Re-scored {datetime.date.today()} after fixes, with `{command}`: "
-            + ", ".join(f"{target} {precision}" for target, precision in rescored) + ".")
+    note = f"{note}: " + ", ".join(f"{target} {precision}" for target, precision in rescored) + ". " + details
     body = markdown(merged).split("\n")
-    return merged, "\n".join(header + [note, ""] + body[next(i for i, l in enumerate(body) if l.startswith("|")):]
+    return merged, "\n".join(header + [note.rstrip(), ""] + body[next(i for i, l in enumerate(body) if l.startswith("|")):]
                               ).rstrip() + "\n"
 
 

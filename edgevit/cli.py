@@ -126,12 +126,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
                           "compute_units": args.compute_units},
                "tflite": {"nhwc": args.nhwc, "uint8_input": args.uint8_input},
                "onnx": {"opset": args.opset}}
-    log = (lambda message: print(message, file=sys.stderr, flush=True))
+    log = _terminal_log(args.verbose)
     if args.max_drop is not None:
         return _convert_within_budget(args, log)
-    if not args.verbose:
-        terminal = console()
-        log = (lambda message: print(message, file=terminal, flush=True))
     outcomes = convert(args.model, targets=args.target, out=args.out, weights=args.weights,
                        pretrained=args.pretrained, precision=args.precision, img_size=args.img_size,
                        num_classes=args.num_classes, force=args.force, verify=not args.no_verify,
@@ -162,6 +159,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _terminal_log(verbose: bool):
+    """edgevit's own lines, on the terminal even while the toolchains' output goes to a log (unless verbose)."""
+    terminal = sys.stderr if verbose else console()
+    return lambda message: print(message, file=terminal, flush=True)
+
+
 def _convert_within_budget(args: argparse.Namespace, log) -> int:
     from .parity import quantize_within_budget
 
@@ -172,7 +175,9 @@ def _convert_within_budget(args: argparse.Namespace, log) -> int:
                                     args.calib or "fashion-mnist", out=args.out, force=args.force,
                                     keep_failed=args.keep_failed, data_dir=args.data_dir,
                                     calib_samples=args.calib_samples, eval_samples=args.eval_samples,
-                                    keep_float=tuple(args.keep_float or ()), log=log)
+                                    keep_float=tuple(args.keep_float or ()), quiet_toolchains=not args.verbose,
+                                    log=log)
+    _point_to_toolchain_logs(_toolchain_logs(report))
     return _print_parity(report)
 
 
@@ -223,16 +228,19 @@ def cmd_qat(args: argparse.Namespace) -> int:
 def cmd_parity(args: argparse.Namespace) -> int:
     from .parity import parity
 
-    terminal = sys.stderr if args.verbose else console()
-    log = (lambda message: print(message, file=terminal, flush=True))
+    log = _terminal_log(args.verbose)
     report = parity(args.model, args.weights, data=args.data, targets=args.targets, recipes=args.quantize or (),
                     precisions=args.precisions, data_dir=args.data_dir, calib_samples=args.calib_samples,
                     eval_samples=args.eval_samples, out=args.out, max_drop=args.max_drop,
                     keep_float=tuple(args.keep_float or ()), threads=args.threads,
-                    quiet_toolchains=not args.verbose, log=log)
-    bundles = {Path(row["bundle"]).parent for row in report.rows if row.get("bundle")}
-    _point_to_toolchain_logs(path for path in (d / "toolchains.log" for d in bundles) if path.is_file())
+                    reference_weights=args.reference, quiet_toolchains=not args.verbose, log=log)
+    _point_to_toolchain_logs(_toolchain_logs(report))
     return _print_parity(report)
+
+
+def _toolchain_logs(report) -> list[Path]:
+    bundles = {Path(row["bundle"]).parent for row in report.rows if row.get("bundle")}
+    return [path for path in (d / "toolchains.log" for d in bundles) if path.is_file()]
 
 
 def _point_to_toolchain_logs(logs) -> None:
@@ -468,9 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  edgevit parity t2t_vit_7 --weights runs/t2t_vit_7/best.pt --targets onnx tflite "
                "--quantize int8\n  edgevit parity t2t_vit_7 --weights runs/t2t_vit_7/best.pt --targets executorch "
                "--precisions --quantize int8 --max-drop 0.3\n  edgevit parity tnt_ti --weights best.pt --targets "
-               "onnx tflite --precisions fp32 fp16 --quantize onnx:int8 tflite:dynamic-int8")
+               "onnx tflite --precisions fp32 fp16 --quantize onnx:int8 tflite:dynamic-int8\n  edgevit parity tnt_ti "
+               "--weights runs/tnt_ti/qat-executorch/qat.pt --targets executorch   # QAT vs its float best.pt")
     checking.add_argument("model", help="variant name or alias (see `edgevit list`)")
-    checking.add_argument("--weights", metavar="PATH", help="trained float checkpoint (edgevit train)")
+    checking.add_argument("--weights", metavar="PATH",
+                          help="trained float checkpoint (edgevit train), or a qat.pt (edgevit qat)")
+    checking.add_argument("--reference", metavar="PATH",
+                          help="float checkpoint to measure drops against [--weights; for a qat.pt, the best.pt "
+                               "it was fine-tuned from when it is unchanged]")
     checking.add_argument("--data", default="fashion-mnist",
                           help="fashion-mnist, cifar10, cifar100 or an ImageFolder directory [fashion-mnist]")
     checking.add_argument("--data-dir", metavar="DIR", help="where the data files are [the source's default place]")
@@ -545,7 +558,7 @@ def _quiet_toolchains() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*(TracerWarning|non-writable|_TORCH_OPS_REGISTRY).*")
     for name in ("torch", "torch.onnx", "torch._export", "torch.utils._pytree", "executorch", "coremltools",
-                 "onnxscript", "absl"):
+                 "onnxscript", "absl", "torchao"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 

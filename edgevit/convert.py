@@ -95,7 +95,7 @@ def convert(model: str | nn.Module, targets: str | list[str] = "coreml", out: st
                            "--precision fp16 alone for fp16).")
     precisions = {name: precision or DEFAULT_PRECISION.get(name, "fp32") for name in names}
     plan, unquantizable = _quantization_plan(quantize, names, calib, calib_samples, data_dir, float_modules,
-                                             weights if isinstance(model, str) else None, precision)
+                                             weights, precision)
     names = [name for name in names if name not in unquantizable] if len(names) > 1 else names
     for name in names:
         if plan:

@@ -71,7 +71,7 @@ def parity(model_name: str, weights: str | Path, data: str = "fashion-mnist", ta
            out: str | Path = "edgevit-parity", max_drop: float | None = None, budgets: dict | None = None,
            keep_float=(), qat: bool | None = None, threads: int | None = None,
            sensitivity_images: int = SENSITIVITY_IMAGES, bundles_out: str | Path | None = None,
-           quiet_toolchains: bool = False, log: Callable[[str], None] = lambda message: None) -> ParityReport:
+           reference_weights: str | Path | None = None, quiet_toolchains: bool = False, log: Callable[[str], None] = lambda message: None) -> ParityReport:
     """Convert the trained float model to every requested bundle, score all on held-out data, judge the budgets.
 
     `recipes` and `precisions` are names ("int8", "fp16") that apply to every target offering them, or
@@ -81,7 +81,9 @@ def parity(model_name: str, weights: str | Path, data: str = "fashion-mnist", ta
     class-balanced part of the test split (default: all of it). `max_drop` (points) tightens the quantized budget and lets a quantized artifact
     over it keep its most sensitive layers float until it fits; `keep_float` modules stay float in every quantized
     bundle (as `convert`'s float_modules); `budgets` overrides `BUDGETS`; `sensitivity_images` train and test
-    images rank the layers. `quiet_toolchains`: as `convert`'s (BUNDLES/MODEL/toolchains.log, runtimes included).
+    images rank the layers. `reference_weights`: the float checkpoint drops and agreement are measured against
+    (default `weights`; for a qat.pt, the float checkpoint it was fine-tuned from when that is still there and
+    unchanged, else its own fine-tuned float weights). `quiet_toolchains`: as `convert`'s (BUNDLES/MODEL/toolchains.log, runtimes included).
     Raises `EdgevitError` for bad input; broken budgets are `report.failures`.
     """
     from .data.datasets import batches, calibration_and_evaluation, check_compatible
@@ -93,6 +95,7 @@ def parity(model_name: str, weights: str | Path, data: str = "fashion-mnist", ta
                            "`edgevit train`)")
     if not Path(weights).is_file():
         raise EdgevitError(f"weights {weights} not found")
+    reference_weights = _reference_weights(weights, reference_weights)
     budgets = {**BUDGETS, **(budgets or {})}
     jobs, skipped = _qat_jobs(weights, targets, recipes, precisions) or _jobs(resolve_targets(targets),
                                                                             list(recipes), precisions)
@@ -100,6 +103,8 @@ def parity(model_name: str, weights: str | Path, data: str = "fashion-mnist", ta
         raise EdgevitError("nothing to check: give --precisions or --quantize recipes the targets offer")
     model = create_model(model_name, weights=weights)
     cfg = model.pretrained_cfg
+    reference_model = model if reference_weights == Path(weights) else create_model(model_name,
+                                                                                     weights=reference_weights)
     calibration, evaluation = calibration_and_evaluation(data, data_dir, calib_samples, eval_samples)
     check_compatible(evaluation, cfg["num_classes"], cfg["input_size"][0])
     qat = trained_with_qat(model) if qat is None else qat
@@ -107,10 +112,12 @@ def parity(model_name: str, weights: str | Path, data: str = "fashion-mnist", ta
     bundles = Path(bundles_out) if bundles_out is not None else out / "bundles"
 
     with torch.no_grad():
-        float_logits = np.concatenate([model(x).float().numpy() for x, _ in batches(evaluation, cfg)])
+        float_logits = np.concatenate([reference_model(x).float().numpy() for x, _ in batches(evaluation, cfg)])
     top1, top5 = _accuracy(float_logits, evaluation.labels)
-    reference = {"top1": top1, "top5": top5, "latency_ms": _eager_latency(model, cfg)}
-    log(f"float {model.variant}: top-1 {top1:.2f}%, top-5 {top5:.2f}% on {len(evaluation)} {evaluation.name} images")
+    reference = {"top1": top1, "top5": top5, "latency_ms": _eager_latency(reference_model, cfg),
+                 "weights": str(reference_weights)}
+    log(f"float {model.variant} ({reference_weights}): top-1 {top1:.2f}%, top-5 {top5:.2f}% on {len(evaluation)} "
+        f"{evaluation.name} images")
 
     def build_and_score(target: str, precision: str, recipe: str | None, float_layers=()) -> dict:
         """`float_layers`: what the --max-drop search keeps float, on top of `keep_float`."""
@@ -198,6 +205,16 @@ def quantize_within_budget(model_name: str, weights: str | Path, targets, recipe
             kept = discard(row["bundle"], keep_failed=keep_failed)
             row["bundle"] = str(kept) if kept else None
     return report
+
+
+def _reference_weights(weights, reference_weights) -> Path:
+    from .quantization.qat import float_origin
+
+    if reference_weights is not None:
+        if not Path(reference_weights).is_file():
+            raise EdgevitError(f"reference weights {reference_weights} not found")
+        return Path(reference_weights)
+    return float_origin(weights) or Path(weights)
 
 
 def _qat_jobs(weights, targets, recipes, precisions) -> tuple[list[tuple], list[dict]] | None:
@@ -366,7 +383,8 @@ def _eager_latency(model, cfg: dict, runs: int = 20) -> float:
 def _write_bundle_parity(row: dict, reference: dict, data: str, images: int, weights: str) -> None:
     keys = ("top1", "top5", "agreement", "cosine_mean", "cosine_min", "snr_db", "latency_ms", "status", "budget",
             "float_layers", "reason")
-    entry = {"top1_drop": row.get("top1_drop"), "float_top1": reference["top1"], "data": data, "eval_images": images,
+    entry = {"top1_drop": row.get("top1_drop"), "float_top1": reference["top1"],
+             "float_weights": reference.get("weights", weights), "data": data, "eval_images": images,
              "weights": weights, **{key: row.get(key) for key in keys}}
     (Path(row["bundle"]) / PARITY_FILE).write_text(json.dumps(_json_safe(entry), indent=1) + "\n")
 
@@ -406,8 +424,10 @@ def table_rows(report: ParityReport) -> list[list[str]]:
 
 
 def markdown(report: ParityReport) -> str:
+    compared = report.reference.get("weights", report.weights)
+    against = f" (float reference `{compared}`)" if compared != report.weights else ""
     lines = [f"# Parity: {report.model}", "",
-             f"Weights `{report.weights}`; {report.eval_images} held-out images of {report.data}; int8 calibration "
+             f"Weights `{report.weights}`{against}; {report.eval_images} held-out images of {report.data}; int8 calibration "
              f"from {report.calibration}. Drop = float top-1 minus artifact top-1, in points; agreement, cosine and "
              "SNR compare each artifact's logits with the float model's. Latency: median per image, in-process."
              + (f" Kept float in every quantized bundle: {', '.join(report.keep_float)}." if report.keep_float else ""),

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import math
 import os
 import sys
@@ -216,6 +215,17 @@ def read_qat(path) -> dict | None:
     return metadata if metadata and metadata.get("kind") == KIND else None
 
 
+def float_origin(path) -> Path | None:
+    """The float checkpoint a qat.pt was fine-tuned from, when it is still where QAT read it and unchanged."""
+    from edgevit.models.checkpoint import sha256_of
+
+    metadata = read_qat(path)
+    origin = Path(metadata["qat"].get("from_checkpoint", "")) if metadata else None
+    if origin is None or not origin.is_file() or sha256_of(origin) != metadata["qat"].get("from_sha256"):
+        return None
+    return origin
+
+
 def load_qat_state(path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -257,14 +267,6 @@ def manifest_entry(metadata: dict, path) -> dict:
 
 
 # --- training ----------------------------------------------------------------------------------------------------
-
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _static_batches(images, cfg: dict, batch_size: int, drop_last: bool):
     """batches() at a fixed size: the graph is exported for one batch size; a short last batch is zero-padded
@@ -341,7 +343,7 @@ def qat(model_name: str, weights: str | os.PathLike, target: str, data: str | No
     weights = Path(weights)
     if not weights.is_file():
         raise EdgevitError(f"checkpoint not found: {weights}")
-    from edgevit.models.checkpoint import read_metadata
+    from edgevit.models.checkpoint import read_metadata, sha256_of
 
     trained = read_metadata(weights)
     if trained and trained.get("kind") == KIND:
@@ -462,7 +464,7 @@ def qat(model_name: str, weights: str | os.PathLike, target: str, data: str | No
                         "lr": settings["lr"], "batch_size": batch, "weight_decay": DEFAULTS["weight_decay"],
                         "label_smoothing": DEFAULTS["label_smoothing"], "calibration_batches": CALIBRATION_BATCHES,
                         "seed": settings["seed"], "device": str(dev), "seconds": seconds,
-                        "from_checkpoint": str(weights), "from_sha256": _sha256(weights),
+                        "from_checkpoint": str(weights), "from_sha256": sha256_of(weights),
                         "from_metrics": trained.get("metrics"), "metrics": qat_metrics,
                         "torch": str(torch.__version__), "torchao": str(getattr(torchao, "__version__", None))}}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -497,4 +499,4 @@ def summary(metrics: dict) -> str:
             f"{m['test_samples']} {m['test']} images")
 
 
-__all__ = ["QAT_RECIPE", "QatResult", "load", "qat", "qat_quantizer", "read_qat", "rebuild"]
+__all__ = ["QAT_RECIPE", "QatResult", "float_origin", "load", "qat", "qat_quantizer", "read_qat", "rebuild"]

@@ -158,6 +158,9 @@ def test_bad_input_is_refused_before_any_conversion(checkpoint, tmp_path, capsys
         parity("t2t_vit_7", tmp_path / "missing.pt", "fashion-mnist", ["onnx"], out=tmp_path / "b")
     with pytest.raises(EdgevitError, match="onnx target has no quantization recipe 'w8a8'. It offers: int8"):
         parity("t2t_vit_7", checkpoint, "fashion-mnist", ["onnx"], recipes=["w8a8"], out=tmp_path / "c")
+    with pytest.raises(EdgevitError, match="reference weights .*gone.pt not found"):
+        parity("t2t_vit_7", checkpoint, "fashion-mnist", ["onnx"], reference_weights=tmp_path / "gone.pt",
+               out=tmp_path / "d")
     assert main(["parity", "t2t_vit_7", "--targets", "onnx"]) == 1
     assert "needs the trained float weights: --weights PATH" in capsys.readouterr().err
-    assert not any((tmp_path / name).exists() for name in "abc")
+    assert not any((tmp_path / name).exists() for name in "abcd")

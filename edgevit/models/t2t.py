@@ -92,6 +92,7 @@ VARIANTS = {
 }
 
 PERFORMER_EPSILON = 1e-8  # official value; enters the shifted form below as log(m * eps) - shifts, exactly
+EPSILON_EXPONENT_CAP = 80.0  # exp(80) ~ 5.5e34, below float32's max (exp(88.7))
 
 
 def sinusoid_table(num_tokens: int, dim: int) -> torch.Tensor:
@@ -174,14 +175,17 @@ class TokenPerformer(nn.Module):
         # disagree (ONNX Runtime and XNNPACK flush to zero, PyTorch does not). Shifting q's features by their max
         # per token and k's by one max over all keys keeps every exp in (0, 1]; the shifts cancel in the ratio and
         # survive only in the epsilon term, exp(log(m * eps) - q_shift - k_shift), so the result is the official
-        # one in exact arithmetic (an inf there is the official limit, y -> 0).
+        # one in exact arithmetic. Where the official epsilon term is effectively infinite (y -> 0), the exponent is
+        # capped at EPSILON_EXPONENT_CAP: exp(cap) still dwarfs any normaliser (<= tokens), so y is 0 to float
+        # precision as before, but training gets zero gradients there instead of NaN (inf * 0 in exp's backward).
         q_shift, k_shift = _row_max(q_logits), _all_max(k_logits)  # (B, T, 1), (B, 1, 1)
         qp, kp = torch.exp(q_logits - q_shift), torch.exp(k_logits - k_shift)
         normaliser = torch.bmm(qp, sum_last_dim(kp.transpose(1, 2)))  # (B, T, 1) = qp · Σ_t kp
         # kpᵀv first, so both products take activations in their natural layout (LiteRT would turn
         # qp · (vᵀkp)ᵀ into a FULLY_CONNECTED with activation weights, which XNNPACK rejects)
         ktv = torch.bmm(kp.transpose(1, 2), v32)  # (B, m, emb)
-        epsilon = torch.exp(math.log(self.m * PERFORMER_EPSILON) - q_shift - k_shift)
+        epsilon = torch.exp(torch.clamp(math.log(self.m * PERFORMER_EPSILON) - q_shift - k_shift,
+                                        max=EPSILON_EXPONENT_CAP))
         y = torch.bmm(qp, ktv) / (normaliser + epsilon)  # (B, T, emb)
         return v + self.dp(self.proj(y.to(v.dtype) if v.dtype != y.dtype else y))
 

@@ -175,3 +175,24 @@ def test_performer_is_exact_where_the_official_exp_turns_subnormal():
         finally:
             torch.set_flush_denormal(False)
     assert torch.allclose(shifted, exact, atol=1e-4, rtol=1e-4)
+
+
+def test_performer_trains_where_the_official_epsilon_term_overflows():
+    # Deep in the range above, exp(log(m * eps) - shifts) overflows to inf: the output is still the official limit
+    # (y -> 0, only the skip through v is left), but inf * 0 in exp's backward made fine-tuning a trained T2T-ViT
+    # (edgevit qat) turn every Performer weight into NaN after one step.
+    torch.manual_seed(0)
+    layer = TokenPerformer(147, 64)
+    x = torch.randn(2, 50, 147) * 20.0
+    with torch.no_grad():
+        k, q, v = torch.split(layer.kqv(x), layer.emb, dim=-1)
+        q_logits, k_logits = layer.prm_logits(q), layer.prm_logits(k)
+        exponent = math.log(layer.m * 1e-8) - q_logits.amax(-1).min() - k_logits.max()
+        assert exponent > 89, "the epsilon term must overflow float32 to test anything"
+    layer.dp.p = 0.0
+    y = layer.single_attn(x)
+    assert torch.isfinite(y).all()
+    assert torch.allclose(y, v + layer.proj(torch.zeros_like(v)), atol=1e-5)
+    y.square().mean().backward()
+    for used in (layer.kqv.weight, layer.kqv.bias, layer.proj.weight):
+        assert used.grad is not None and torch.isfinite(used.grad).all()

@@ -15,7 +15,7 @@ from edgevit.cli import main
 from edgevit.convert import convert
 from edgevit.data import fashion_mnist
 from edgevit.errors import EdgevitError
-from edgevit.quantization.qat import KIND, QAT_RECIPE, converted, load, prepare, qat, read_qat
+from edgevit.quantization.qat import KIND, QAT_RECIPE, converted, float_origin, load, prepare, qat, read_qat
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import TINY  # noqa: E402
@@ -121,6 +121,30 @@ def test_qat_pt_rebuilds_the_trained_quantized_model(qat_runs):
         predicted = torch.cat([quantized(image[None]) for image in x]).argmax(1)
     top1 = 100.0 * float((predicted == torch.from_numpy(test.labels)).float().mean())
     assert abs(top1 - result.metrics["metrics"]["after"]["int8"]["top1"]) <= 100.0 / 64 + 1e-6
+
+
+@needs_data
+def test_parity_of_a_qat_pt_measures_against_the_float_model_it_came_from(float_checkpoint, qat_runs, tmp_path):
+    from edgevit.parity import parity
+
+    checkpoint = qat_runs("onnx").checkpoint
+    quick = dict(targets=["onnx"], eval_samples=64, calib_samples=16)
+    report = parity(MODEL, checkpoint, out=tmp_path / "origin", **quick)
+    [row] = report.rows
+    assert row["precision"] == QAT_RECIPE and row["kind"] == "qat" and row["status"] in ("ok", "over budget")
+    assert report.reference["weights"] == str(float_checkpoint)
+    assert f"float reference `{float_checkpoint}`" in (tmp_path / "origin" / "parity.md").read_text()
+
+    # the origin moved or changed: the qat.pt's own fine-tuned float weights are the reference, unless one is given
+    assert float_origin(checkpoint) == Path(float_checkpoint)
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["edgevit"]["qat"]["from_checkpoint"] = str(tmp_path / "gone.pt")
+    orphan = tmp_path / "orphan.pt"
+    torch.save(saved, orphan)
+    assert float_origin(orphan) is None
+    report = parity(MODEL, orphan, reference_weights=float_checkpoint, out=tmp_path / "explicit", **quick)
+    assert report.reference["weights"] == str(float_checkpoint)
+    assert report.rows[0]["top1_drop"] == pytest.approx(report.reference["top1"] - report.rows[0]["top1"])
 
 
 @needs_data
