@@ -96,7 +96,15 @@ def main(argv=None) -> int:
 
 
 def _add_qat_rows(name: str, run: Path, weights: Path, out: Path, command: str, args) -> None:
-    """Fine-tune for each --qat target where no qat.pt exists, score it against best.pt, merge into the table."""
+    """Fine-tune for each --qat target where no qat.pt exists, score it against best.pt, merge into the table
+    (on as many test images as the table's other rows)."""
+    table = out / "parity" / f"{name}.json"
+    if not table.is_file():
+        raise SystemExit(f"{name}: no {table} to add QAT rows to; score the model first (without --qat)")
+    eval_images = json.loads(table.read_text())["eval_images"]
+    if args.eval_samples is not None and args.eval_samples != eval_images:
+        raise SystemExit(f"{name}: its table was scored on {eval_images} test images; drop --eval-samples or "
+                         f"pass {eval_images}")
     for target in resolve_targets(args.qat):
         checkpoint = run / f"qat-{target}" / "qat.pt"
         if not checkpoint.is_file():
@@ -104,7 +112,7 @@ def _add_qat_rows(name: str, run: Path, weights: Path, out: Path, command: str, 
                 out=checkpoint.parent, log=print)
         trained = json.loads((checkpoint.parent / "metrics.json").read_text())
         report = parity(name, checkpoint, targets=[target], calib_samples=args.calib_samples,
-                        eval_samples=args.eval_samples, threads=args.threads, reference_weights=weights,
+                        eval_samples=eval_images, threads=args.threads, reference_weights=weights,
                         out=run / "parity" / f"qat-{target}", log=print)
         details = (f"`edgevit qat` fine-tuned best.pt for {trained['epochs']} epoch(s) on {trained['train_samples']} "
                    f"class-balanced training images (lr {trained['lr']:g}, {trained['seconds'] / 60:.0f} min on "
