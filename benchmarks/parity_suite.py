@@ -184,8 +184,7 @@ def _updated(stem: Path, report: ParityReport, note: str, details: str = "") -> 
     """The model's previous results with the rows just scored in place of the old ones, and its section; `note`,
     the rows scored and `details` go above the table."""
     previous = json.loads(stem.with_suffix(".json").read_text())
-    compared = report.reference.get("weights", report.weights)
-    if previous["eval_images"] != report.eval_images or Path(previous["weights"]) != Path(compared):
+    if previous["eval_images"] != report.eval_images or Path(previous["weights"]) != Path(report.reference["weights"]):
         raise SystemExit(f"{stem}: adding rows needs the same float weights and --eval-samples as the scored "
                          f"results ({previous['weights']}, {previous['eval_images']} images)")
     # a precision the target does not offer (ExecuTorch fp16) comes back "skipped": nothing was re-scored
@@ -200,10 +199,10 @@ def _updated(stem: Path, report: ParityReport, note: str, details: str = "") -> 
                           rows=rows, failures=failures + report.failures)
     old = stem.with_suffix(".md").read_text().split("\n")
     header = old[:next(i for i, line in enumerate(old) if line.startswith("|"))]
-    note = f"{note}: " + ", ".join(f"{target} {precision}" for target, precision in rescored) + ". " + details
+    note = " ".join(filter(None, [f"{note}: " + ", ".join(f"{t} {p}" for t, p in rescored) + ".", details]))
     body = markdown(merged).split("\n")
-    return merged, "\n".join(header + [note.rstrip(), ""] + body[next(i for i, l in enumerate(body) if l.startswith("|")):]
-                              ).rstrip() + "\n"
+    table = body[next(i for i, line in enumerate(body) if line.startswith("|")):]
+    return merged, "\n".join(header + [note, ""] + table).rstrip() + "\n"
 
 
 def _training_line(metrics: dict) -> str:

@@ -437,8 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "litert-torch's for tflite, CoreMLQuantizer for coreml), LayerNorm, softmax, GELU, attention "
                     "and the T2T Performer kept float, in the target's LayerNorm and conv forms. Reports test top-1 "
                     "of the float model, of int8 with calibrated ranges and after each QAT epoch, and writes "
-                    "OUT/qat.pt (fine-tuned float weights + fake-quant state + metadata) and OUT/metrics.json. Convert it with "
-                    "`edgevit convert MODEL --weights OUT/qat.pt --target TARGET` (bundle TARGET-qat-int8).",
+                    "OUT/qat.pt (fine-tuned float weights + fake-quant state + metadata) and OUT/metrics.json. "
+                    "Convert it with `edgevit convert MODEL --weights OUT/qat.pt --target TARGET` (bundle "
+                    "TARGET-qat-int8).",
         epilog="examples:\n  edgevit qat t2t_vit_7 --weights runs/t2t_vit_7/best.pt --target tflite\n"
                "  edgevit qat tnt_ti --weights runs/tnt_ti/best.pt --target executorch --epochs 3 --lr 5e-5\n"
                "  edgevit convert t2t_vit_7 --weights runs/t2t_vit_7/qat-tflite/qat.pt --target tflite")

@@ -71,7 +71,8 @@ def parity(model_name: str, weights: str | Path, data: str = "fashion-mnist", ta
            out: str | Path = "edgevit-parity", max_drop: float | None = None, budgets: dict | None = None,
            keep_float=(), qat: bool | None = None, threads: int | None = None,
            sensitivity_images: int = SENSITIVITY_IMAGES, bundles_out: str | Path | None = None,
-           reference_weights: str | Path | None = None, quiet_toolchains: bool = False, log: Callable[[str], None] = lambda message: None) -> ParityReport:
+           reference_weights: str | Path | None = None, quiet_toolchains: bool = False,
+           log: Callable[[str], None] = lambda message: None) -> ParityReport:
     """Convert the trained float model to every requested bundle, score all on held-out data, judge the budgets.
 
     `recipes` and `precisions` are names ("int8", "fp16") that apply to every target offering them, or
@@ -83,7 +84,8 @@ def parity(model_name: str, weights: str | Path, data: str = "fashion-mnist", ta
     bundle (as `convert`'s float_modules); `budgets` overrides `BUDGETS`; `sensitivity_images` train and test
     images rank the layers. `reference_weights`: the float checkpoint drops and agreement are measured against
     (default `weights`; for a qat.pt, the float checkpoint it was fine-tuned from when that is still there and
-    unchanged, else its own fine-tuned float weights). `quiet_toolchains`: as `convert`'s (BUNDLES/MODEL/toolchains.log, runtimes included).
+    unchanged, else its own fine-tuned float weights). `quiet_toolchains`: as `convert`'s
+    (BUNDLES/MODEL/toolchains.log, runtimes included).
     Raises `EdgevitError` for bad input; broken budgets are `report.failures`.
     """
     from .data.datasets import batches, calibration_and_evaluation, check_compatible
@@ -384,7 +386,7 @@ def _write_bundle_parity(row: dict, reference: dict, data: str, images: int, wei
     keys = ("top1", "top5", "agreement", "cosine_mean", "cosine_min", "snr_db", "latency_ms", "status", "budget",
             "float_layers", "reason")
     entry = {"top1_drop": row.get("top1_drop"), "float_top1": reference["top1"],
-             "float_weights": reference.get("weights", weights), "data": data, "eval_images": images,
+             "float_weights": reference["weights"], "data": data, "eval_images": images,
              "weights": weights, **{key: row.get(key) for key in keys}}
     (Path(row["bundle"]) / PARITY_FILE).write_text(json.dumps(_json_safe(entry), indent=1) + "\n")
 
@@ -424,11 +426,11 @@ def table_rows(report: ParityReport) -> list[list[str]]:
 
 
 def markdown(report: ParityReport) -> str:
-    compared = report.reference.get("weights", report.weights)
-    against = f" (float reference `{compared}`)" if compared != report.weights else ""
+    compared = report.reference.get("weights", report.weights)  # reports from before it was recorded: weights
+    against = f" (float reference `{compared}`)" if Path(compared) != Path(report.weights) else ""
     lines = [f"# Parity: {report.model}", "",
-             f"Weights `{report.weights}`{against}; {report.eval_images} held-out images of {report.data}; int8 calibration "
-             f"from {report.calibration}. Drop = float top-1 minus artifact top-1, in points; agreement, cosine and "
+             f"Weights `{report.weights}`{against}; {report.eval_images} held-out images of {report.data}; int8 "
+             f"calibration from {report.calibration}. Drop = float top-1 minus artifact top-1, in points; agreement, cosine and "
              "SNR compare each artifact's logits with the float model's. Latency: median per image, in-process."
              + (f" Kept float in every quantized bundle: {', '.join(report.keep_float)}." if report.keep_float else ""),
              "",

@@ -121,7 +121,6 @@ def deblockify(x: torch.Tensor, grid: tuple[int, int], block_size: int) -> torch
     return x.reshape(batch, grid_h * block_size, grid_w * block_size, channels)
 
 
-
 # The layers with an export-only second form, by the keyword `export_forms` takes; targets choose per backend.
 DUAL_FORM_LAYERS = {"layer_norm": (LayerNorm, LAYER_NORM_FORMS), "conv": (Conv2d, CONV_FORMS)}
 
