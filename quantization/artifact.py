@@ -86,6 +86,16 @@ def _untranspose_gemm_weights(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def _separate_qdq_parameters(path: Path) -> None:
+    import onnx
+
+    from edgevit.converters.onnx import separate_qdq_parameters
+
+    model = onnx.load(str(path))
+    if separate_qdq_parameters(model):
+        onnx.save(model, str(path))
+
+
 class _Reader:
     """ONNX Runtime's calibration data reader protocol over NCHW float images."""
 
@@ -127,6 +137,7 @@ def quantize_onnx(artifact: Path, recipe: str, model: nn.Module, calibration, fl
                             calibrate_method=CalibrationMethod.MinMax,
                             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                            "OpTypesToExcludeOutputQuantization": ["Conv"]})
+            _separate_qdq_parameters(artifact)
         else:
             # per-tensor: ORT's per-channel dynamic MatMul produces wrong-shaped scales for transposed weights
             quantize_dynamic(str(prepared), str(artifact), per_channel=False, weight_type=QuantType.QInt8,

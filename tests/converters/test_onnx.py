@@ -33,3 +33,45 @@ def test_runs_in_onnxruntime_and_tensorrt_friendly(tmp_path, family, precision, 
 def test_old_opset_is_refused(tmp_path):
     with pytest.raises(EdgevitError, match="opset 17 is too old"):
         onnx_target.convert(TINY["tnt"](), torch.zeros(1, 3, 32, 32), tmp_path / "m.onnx", opset=17)
+
+
+def _int8_matmul_graph(path, tokens=64, width=16, outputs=8):
+    """x -> Q/DQ -> MatMul with per-channel int8 weights -> Q/DQ, every quantized value at its int8 extreme, one
+    zero point shared by all Q/DQ nodes (as the exporter writes them); the exact result is `width` everywhere."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    constants = [numpy_helper.from_array(np.full((width, outputs), 127, np.int8), "weight"),
+                 numpy_helper.from_array(np.full(outputs, 1 / 127, np.float32), "weight_scale"),
+                 numpy_helper.from_array(np.zeros(outputs, np.int8), "weight_zero"),
+                 numpy_helper.from_array(np.array(1 / 127, np.float32), "input_scale"),
+                 numpy_helper.from_array(np.array(0.25, np.float32), "output_scale"),
+                 numpy_helper.from_array(np.array(0, np.int8), "zero")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "input_scale", "zero"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "input_scale", "zero"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["weight", "weight_scale", "weight_zero"], ["w"], axis=1),
+             helper.make_node("MatMul", ["xd", "w"], ["y"]),
+             helper.make_node("QuantizeLinear", ["y", "output_scale", "zero"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "output_scale", "zero"], ["logits"])]
+    graph = helper.make_graph(nodes, "int8_matmul", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                   [1, tokens, width])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, tokens, outputs])],
+                              constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
+    return model, np.ones((1, tokens, width), np.float32)
+
+
+def test_int8_products_are_exact_where_onnxruntime_would_saturate_them(tmp_path):
+    # x86 without VNNI: ORT's default int8 GEMM shifts activations to uint8 and sums pairs in int16, so
+    # 255 * 127 * 2 saturates; the exact option must be on, and it needs unshared zero points to load at all
+    import onnx
+
+    model, images = _int8_matmul_graph(tmp_path)
+    assert onnx_target.separate_qdq_parameters(model) == 5  # zero: 4 users, the activation scales: 2 each
+    names = [name for node in model.graph.node for name in node.input[1:]]
+    assert len(names) == len(set(names))
+    artifact = tmp_path / "int8.onnx"
+    onnx.save(model, str(artifact))
+    assert np.abs(onnx_target.run(artifact, images) - images.shape[-1]).max() <= 0.25
+    assert onnx_target.inspect(artifact)["onnxruntime_int8"]["onnxruntime_session_config"] == \
+        onnx_target.ORT_EXACT_INT8
