@@ -107,7 +107,17 @@ def _session(artifact: Path, threads: int | None = None):
         options.add_session_config_entry(key, value)
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(artifact), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(artifact), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        if "Attempt to replace the existing tensor" not in str(exc):
+            raise
+    # a QDQ model from elsewhere (or an older edgevit) with shared zero points: see separate_qdq_parameters
+    import onnx
+
+    graph = onnx.load(str(artifact))
+    separate_qdq_parameters(graph)
+    return ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def load(artifact: Path, threads: int | None = None):
