@@ -121,8 +121,64 @@ def deblockify(x: torch.Tensor, grid: tuple[int, int], block_size: int) -> torch
     return x.reshape(batch, grid_h * block_size, grid_w * block_size, channels)
 
 
+class OneHotUnfold(nn.Module):
+    """`nn.Unfold(k, stride, padding)` followed by `.transpose(1, 2)`: (B, L, C*k*k) tokens, channel `c*k*k + i*k + j`
+    holding input channel c at kernel offset (i, j), exactly the order of `nn.Unfold`.
+
+    Natively a grouped convolution with fixed one-hot kernels: a plain conv runs on every backend and NPU, while
+    im2col lowers to gathers that none delegate. The kernels are a constant, not a parameter, so checkpoints and
+    parameter counts are unchanged. With `form = "gemm"` (ExecuTorch, whose XNNPACK convolutions run slowly: see
+    `Conv2d`) a channels-last map is unfolded with slices and one concatenation instead, and needs no layout
+    change around it: T2T-ViT-7's second soft split (64 channels, 56x56) took 1.4 ms instead of 2.5 ms in
+    ExecuTorch (LiteRT: 1.4 ms as a conv). An NCHW image (the first split, 3 channels) stays a conv in both forms:
+    its slices cost more there (7.3 ms vs 4.3 ms) because the channel order needs a transpose with 3-wide rows.
+    """
+
+    counts_macs = False  # structural: the published MAC counts have no unfold cost
+    form: str = "native"
+
+    def __init__(self, in_chans: int, kernel_size: int, stride: int, padding: int) -> None:
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        taps = kernel_size * kernel_size
+        weight = torch.eye(taps).reshape(taps, 1, kernel_size, kernel_size).repeat(in_chans, 1, 1, 1)
+        self.register_buffer("weight", weight, persistent=False)
+        self.in_chans = in_chans
+
+    def forward(self, x: torch.Tensor, layout: str = "NCHW") -> torch.Tensor:
+        """(B, C, H, W) or, with `layout="NHWC"`, (B, H, W, C) -> (B, L, C*k*k)."""
+        if layout == "NHWC":
+            if self.form == "gemm":
+                return self._slices(x)
+            x = x.permute(0, 3, 1, 2)
+        out = F.conv2d(x, self.weight, stride=self.stride, padding=self.padding, groups=self.in_chans)
+        return out.flatten(2).transpose(1, 2)
+
+    def _slices(self, x: torch.Tensor) -> torch.Tensor:
+        """The unfold of a (B, H, W, C) map with static slices (rank <= 4) and one concatenation. The padded map
+        is cut into rows of `stride`-high bands so that kernel row i = a*stride + b is band a (offset by the output
+        row) at row b; columns the same way inside each row."""
+        kernel, stride, padding = self.kernel_size, self.stride, self.padding
+        batch, height, width, channels = x.shape
+        out_h, out_w = (height + 2 * padding - kernel) // stride + 1, (width + 2 * padding - kernel) // stride + 1
+        reach = (kernel - 1) // stride  # the bands a window spans beyond its own
+        bands_h, bands_w = out_h + reach, out_w + reach
+        x = F.pad(x, (0, 0, padding, bands_w * stride - width - padding, padding, bands_h * stride - height - padding))
+        bands = x.reshape(batch, bands_h, stride, bands_w * stride * channels)
+        taps = []
+        for i in range(kernel):
+            band, row = divmod(i, stride)
+            rows = bands[:, band:band + out_h, row:row + 1, :].reshape(batch * out_h, bands_w, stride * channels)
+            for j in range(kernel):
+                column_band, column = divmod(j, stride)
+                taps.append(rows[:, column_band:column_band + out_w, column * channels:(column + 1) * channels])
+        out = torch.cat(taps, dim=2)  # (B*out_h, out_w, k*k*C): offset-major, nn.Unfold is channel-major
+        out = out.reshape(batch * out_h * out_w, kernel * kernel, channels).transpose(1, 2)
+        return out.reshape(batch, out_h * out_w, channels * kernel * kernel)
+
+
 # The layers with an export-only second form, by the keyword `export_forms` takes; targets choose per backend.
-DUAL_FORM_LAYERS = {"layer_norm": (LayerNorm, LAYER_NORM_FORMS), "conv": (Conv2d, CONV_FORMS)}
+DUAL_FORM_LAYERS = {"layer_norm": (LayerNorm, LAYER_NORM_FORMS), "conv": ((Conv2d, OneHotUnfold), CONV_FORMS)}
 
 
 def set_export_forms(model: nn.Module, **forms: str) -> None:
@@ -295,29 +351,6 @@ def prepend_token(token: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def first_token(x: torch.Tensor) -> torch.Tensor:
     """x[:, 0] as a slice + reshape: `select` is not delegated by XNNPACK, a slice is."""
     return x[:, :1].reshape(x.shape[0], x.shape[-1])
-
-
-class OneHotUnfold(nn.Module):
-    """`nn.Unfold(k, stride, padding)` as a grouped convolution with fixed one-hot kernels.
-
-    Output channel `c*k*k + i*k + j` copies input channel c at kernel offset (i, j), exactly the order of
-    `nn.Unfold`. A plain conv runs on every backend and NPU; im2col lowers to gathers that none delegate.
-    The kernels are a constant, not a parameter, so checkpoints and parameter counts are unchanged.
-    """
-
-    counts_macs = False  # structural: the published MAC counts have no unfold cost
-
-    def __init__(self, in_chans: int, kernel_size: int, stride: int, padding: int) -> None:
-        super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        taps = kernel_size * kernel_size
-        weight = torch.eye(taps).reshape(taps, 1, kernel_size, kernel_size).repeat(in_chans, 1, 1, 1)
-        self.register_buffer("weight", weight, persistent=False)
-        self.in_chans = in_chans
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.conv2d(x, self.weight, stride=self.stride, padding=self.padding, groups=self.in_chans)
-        return out.flatten(2)
 
 
 def bicubic_matrix(in_size: int, out_size: int) -> torch.Tensor:

@@ -271,14 +271,15 @@ class T2TModule(nn.Module):
         self.num_patches = side2 ** 2
 
     @staticmethod
-    def _to_image(x: torch.Tensor, side: int) -> torch.Tensor:
+    def _to_map(x: torch.Tensor, side: int) -> torch.Tensor:
+        """Row-major tokens (B, side*side, C) as the channels-last map (B, side, side, C) they are: no copy."""
         batch, _, channels = x.shape
-        return x.transpose(1, 2).reshape(batch, channels, side, side)
+        return x.reshape(batch, side, side, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.attention1(self.soft_split0(x).transpose(1, 2))
-        x = self.attention2(self.soft_split1(self._to_image(x, self.side0)).transpose(1, 2))
-        x = self.soft_split2(self._to_image(x, self.side1)).transpose(1, 2)
+        x = self.attention1(self.soft_split0(x))
+        x = self.attention2(self.soft_split1(self._to_map(x, self.side0), layout="NHWC"))
+        x = self.soft_split2(self._to_map(x, self.side1), layout="NHWC")
         return self.project(x)
 
 

@@ -23,11 +23,17 @@ def test_matmul_layer_norm_equals_native(shape):
 
 
 @pytest.mark.parametrize("channels,size,kernel,stride,padding", [
-    (3, 224, 7, 4, 2), (64, 56, 3, 2, 1), (64, 28, 3, 2, 1), (3, 32, 7, 4, 2)])
-def test_one_hot_unfold_equals_nn_unfold(channels, size, kernel, stride, padding):
-    x = torch.randn(1, channels, size, size)
-    reference = F.unfold(x, kernel, stride=stride, padding=padding)
-    assert (OneHotUnfold(channels, kernel, stride, padding)(x) - reference).abs().max() < 1e-6
+    (3, 224, 7, 4, 2), (64, 56, 3, 2, 1), (64, 28, 3, 2, 1), (3, 32, 7, 4, 2),  # T2T at 224 and 32
+    (8, 16, 5, 2, 2), (8, 8, 3, 1, 1), (4, 15, 3, 2, 1), (4, 9, 4, 3, 0)])  # small splits, odd sizes
+@pytest.mark.parametrize("form", ["native", "gemm"])
+def test_one_hot_unfold_equals_nn_unfold_in_both_layouts_and_forms(channels, size, kernel, stride, padding, form):
+    x = torch.randn(2, channels, size, size)
+    reference = F.unfold(x, kernel, stride=stride, padding=padding).transpose(1, 2)
+    unfold = OneHotUnfold(channels, kernel, stride, padding)
+    with export_forms(unfold, conv=form):
+        assert torch.equal(unfold(x), reference)  # a copy of input values: exact
+        assert torch.equal(unfold(x.permute(0, 2, 3, 1).contiguous(), layout="NHWC"), reference)
+    assert unfold.form == "native"
 
 
 @pytest.mark.parametrize("source,target", [(240, 224), (408, 384), (64, 56), (72, 64), (32, 48)])

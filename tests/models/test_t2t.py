@@ -6,12 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import edgevit
 from edgevit.errors import EdgevitError
 from edgevit.models import build_model, list_models, map_state_dict
-from edgevit.models.layers import OneHotUnfold
 from edgevit.models.t2t import T2TViT, TokenPerformer, sinusoid_table
 from helpers import FIXTURES, assert_close, load_fixture, reproduce_fixture, upstream_keys
 
@@ -50,15 +48,6 @@ def test_384_variant_takes_the_224_keys_with_a_resized_table():
     assert layout == "official"
     assert messages == ["resized pos_embed from 197 to 577 tokens: regenerated the fixed sinusoidal table "
                         "for the new size, which is exact"]
-
-
-@pytest.mark.parametrize("channels, size, kernel, stride, padding",
-                         [(3, 224, 7, 4, 2), (64, 56, 3, 2, 1), (64, 28, 3, 2, 1), (3, 64, 7, 4, 2)])
-def test_one_hot_unfold_equals_unfold(channels, size, kernel, stride, padding):
-    x = torch.randn(2, channels, size, size)
-    expected = F.unfold(x, kernel_size=kernel, stride=stride, padding=padding)
-    actual = OneHotUnfold(channels, kernel, stride, padding)(x)
-    assert torch.allclose(actual, expected, atol=1e-5, rtol=0)
 
 
 def _official_performer_attention(layer: TokenPerformer, x: torch.Tensor) -> torch.Tensor:
