@@ -81,8 +81,9 @@ def main() -> None:
             for threads in args.threads:
                 report = bench(paths, warmup=args.warmup, iters=args.iters, threads=threads)
                 reports.append(report)
-                print(markdown([report], {"date": "", "cpu": "", "cores": "", "command": "", "iters": args.iters,
-                                          "warmup": args.warmup}).splitlines()[-1], flush=True)
+                table = markdown([report], {"date": "", "cpu": "", "cores": "", "command": "", "iters": args.iters,
+                                            "warmup": args.warmup})
+                print([line for line in table.splitlines() if line.startswith("| ")][-1], flush=True)
     environment = reports[0]["environment"]
     meta = {"date": time.strftime("%Y-%m-%d"), "cpu": environment["cpu"], "cores": environment["cores"],
             "machine": platform.machine(), "iters": args.iters, "warmup": args.warmup,
