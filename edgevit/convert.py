@@ -238,6 +238,8 @@ def _convert_one(model, name, example, destination, precision, options, labels, 
                 outcome.report = target.convert(subject, example, artifact, precision=base_precision, **options)
                 if plan:
                     plan.finish(name, artifact, model)
+                    if plan.recipe(name).stage == "artifact":  # rewritten: describe what ships, not its float input
+                        outcome.report.update(target.inspect(artifact))
                     outcome.report["quantization"] = plan.manifest(name)
             convert_seconds = time.perf_counter() - start
             if options.get("uint8_input") and images is not None:

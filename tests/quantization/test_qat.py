@@ -105,6 +105,11 @@ def test_qat_checkpoint_converts_to_a_verified_int8_bundle(target, qat_runs, tmp
         assert dequantize
         zero_points = [initializers[n.input[2]] for n in dequantize if len(n.input) > 2 and n.input[2] in initializers]
         assert zero_points and all(not np.any(z) for z in zero_points)
+        # each Q/DQ node has its own zero point, or ONNX Runtime's exact-int8 option fails to load the model
+        qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
+        assert len({n.input[2] for n in qdq}) == len(qdq)
+        assert manifest["report"]["onnxruntime_int8"]["onnxruntime_session_config"] == \
+            {"session.x64quantprecision": "1"}
         assert sum(a.size for a in initializers.values() if a.dtype == np.int8) > 1_000_000
 
 

@@ -73,6 +73,9 @@ def test_every_recipe_converts_verifies_and_shrinks(target, recipe, float_bundle
     else:
         metrics = outcome.verification["metrics"]
         assert metrics["cosine_min"] > 0.98, metrics
+    if target == "onnx":  # the report describes the quantized artifact, with what ONNX Runtime needs to run it
+        assert outcome.report["ops"].get("DynamicQuantizeLinear" if recipe == "dynamic-int8" else "QuantizeLinear")
+        assert outcome.report["onnxruntime_int8"]["onnxruntime_session_config"] == {"session.x64quantprecision": "1"}
     if target == "executorch":
         assert outcome.report["delegation"]["partitions"] == 1
         assert outcome.report["delegation"]["undelegated_compute_ops"] == 0
