@@ -37,6 +37,23 @@ def bundles_for(model: str, root: Path) -> list[Path]:
     return paths
 
 
+def row(report: dict) -> str:
+    """One model at one thread count: each runtime's median (p90, CV when unstable) and the .pte/.tflite ratio."""
+    by = {m["target"]: m for m in report["measurements"]}
+
+    def cell(target: str) -> str:
+        m = by.get(target)
+        if not m or not m["latency_ms"]:
+            return "failed" if m else "—"
+        latency = m["latency_ms"]
+        flag = f", CV {latency['cv']:.0%}" if latency["cv"] > 0.10 else ""
+        return f"{latency['median']:.1f} ms ({latency['p90']:.1f}{flag})"
+    ratio = (f"{by['executorch']['latency_ms']['median'] / by['tflite']['latency_ms']['median']:.2f}"
+             if all(by.get(t) and by[t]["latency_ms"] for t in ("executorch", "tflite")) else "—")
+    model = report["measurements"][0]["variant"]
+    return f"| {model} | {report['settings']['threads']} | " + " | ".join(cell(t) for t in COLUMNS) + f" | {ratio} |"
+
+
 def markdown(reports: list[dict], meta: dict) -> str:
     lines = [f"# Host latency ({meta['date']}, {meta['cpu']}, {meta['cores']} cores, batch 1, fp32)", "",
              f"Command: `{meta['command']}`. `edgevit bench` host harness: every runtime in its own process, "
@@ -44,21 +61,7 @@ def markdown(reports: list[dict], meta: dict) -> str:
              "warm-up runs, p90 in brackets, CV after the p90 when above 10 % (unstable).", "",
              "| model | threads | " + " | ".join(COLUMNS.values()) + " | .pte / .tflite |",
              "|---|---|" + "---|" * (len(COLUMNS) + 1)]
-    for report in reports:
-        by = {m["target"]: m for m in report["measurements"]}
-
-        def cell(target: str) -> str:
-            m = by.get(target)
-            if not m or not m["latency_ms"]:
-                return "failed" if m else "—"
-            latency = m["latency_ms"]
-            flag = f", CV {latency['cv']:.0%}" if latency["cv"] > 0.10 else ""
-            return f"{latency['median']:.1f} ms ({latency['p90']:.1f}{flag})"
-        ratio = (f"{by['executorch']['latency_ms']['median'] / by['tflite']['latency_ms']['median']:.2f}"
-                 if all(by.get(t) and by[t]["latency_ms"] for t in ("executorch", "tflite")) else "—")
-        model = report["measurements"][0]["variant"]
-        lines.append(f"| {model} | {report['settings']['threads']} | "
-                     + " | ".join(cell(t) for t in COLUMNS) + f" | {ratio} |")
+    lines += [row(report) for report in reports]
     lines += ["", "Compare within a row: the runtimes took turns, so a busy machine slows them alike and the ratio "
               "holds; absolute times across rows with a CV flag were taken while other work shared the cores."]
     return "\n".join(lines) + "\n"
@@ -81,9 +84,7 @@ def main() -> None:
             for threads in args.threads:
                 report = bench(paths, warmup=args.warmup, iters=args.iters, threads=threads)
                 reports.append(report)
-                table = markdown([report], {"date": "", "cpu": "", "cores": "", "command": "", "iters": args.iters,
-                                            "warmup": args.warmup})
-                print([line for line in table.splitlines() if line.startswith("| ")][-1], flush=True)
+                print(row(report), flush=True)
     environment = reports[0]["environment"]
     meta = {"date": time.strftime("%Y-%m-%d"), "cpu": environment["cpu"], "cores": environment["cores"],
             "machine": platform.machine(), "iters": args.iters, "warmup": args.warmup,
