@@ -57,13 +57,18 @@ def check_destination(out_dir: Path, force: bool) -> None:
         raise EdgevitError(f"{out_dir} already exists; pass --force to replace it, or choose another --out.")
     if out_dir.exists() and not out_dir.is_dir():
         raise EdgevitError(f"{out_dir} exists and is not a directory.")
-    parent = out_dir.parent
+    # Probe the nearest existing folder instead of creating the missing ones: a later check that fails
+    # (calibration data, an unsupported recipe) must not leave empty folders behind.
+    existing = out_dir.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".edgevit-write-test-"):
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a directory")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".edgevit-write-test-"):
             pass
     except OSError as exc:
-        raise EdgevitError(f"cannot write bundles under {parent}: {exc.strerror or exc}. "
+        raise EdgevitError(f"cannot write bundles under {out_dir.parent}: {exc.strerror or exc}. "
                            "Choose a writable --out.") from None
 
 
@@ -75,6 +80,7 @@ def staged_bundle(out_dir: Path, force: bool = False, keep_failed: bool = False)
     """
     out_dir = Path(out_dir)
     check_destination(out_dir, force)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
     try:
         yield staging

@@ -65,6 +65,8 @@ def test_convert_keeps_toolchain_chatter_out_of_the_terminal(tmp_path):
     (["convert", "tnt_x"], "unknown model 'tnt_x'. Did you mean"),
     (["convert", "tnt_ti", "--target", "tensorrt"], "unknown target 'tensorrt'"),
     (["convert", "tnt_ti", "--weights", "/nonexistent.pth"], "checkpoint not found"),
+    # a check after the destination's: the folders the bundle would go in must not be left behind either
+    (["convert", "tnt_ti", "--target", "onnx", "--quantize", "int8", "--calib-samples", "4"], "is too few"),
 ])
 def test_bad_input_gets_one_clear_message(tmp_path, capsys, argv, message):
     assert main(argv + ["--out", str(tmp_path)]) == 1
