@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import EdgevitError
 from . import predict_all
+from .executorch_folding import fold_layer_norm_affine
 from .executorch_lowering import faster_lowering
 
 NAME = "executorch"
@@ -51,6 +52,7 @@ def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: 
             quant_ops = {node.target for node in program.graph.nodes
                          if node.op == "call_function" and _is_quant_primitive(node.target)}
             program = constant_prop_pass(program, custom_skip_targets=quant_ops)
+            folded = fold_layer_norm_affine(program)
         stage = "lower (XNNPACK)"
         with faster_lowering():
             edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
@@ -63,7 +65,7 @@ def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: 
     except Exception as exc:  # the toolchain's own errors: name the stage so a user knows where it broke
         raise EdgevitError(f"ExecuTorch conversion failed at the {stage} stage: {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    return {**inspect(artifact), "delegation": delegation}
+    return {**inspect(artifact), "delegation": delegation, "folded_layer_norm_affines": folded}
 
 
 def _is_quant_primitive(target) -> bool:

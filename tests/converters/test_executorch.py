@@ -95,3 +95,45 @@ def test_faster_lowering_skips_only_passes_with_nothing_to_rewrite(tmp_path, fam
     else:  # a graph with batch norm and a 1-D conv runs those passes
         assert not {"FuseBatchNormPass", "Conv1dUnsqueezePass"} & set(skipped)
         assert "DecomposeBatchNorm" in skipped  # judged on the graph it gets: the fusion left no batch norm
+
+
+class _NormsIntoLinears(torch.nn.Module):
+    """Each way a LayerNorm's output is read: by one Linear, by two (TNT's qk and v), by a bias-free Linear, and by
+    a Linear plus a residual add (that one must stay unfolded)."""
+
+    def __init__(self, width: int = 12) -> None:
+        super().__init__()
+        from edgevit.models.layers import LayerNorm
+
+        self.norms = torch.nn.ModuleList(LayerNorm(width) for _ in range(4))
+        for norm in self.norms:  # non-trivial scale and shift, so a wrong fold shows
+            torch.nn.init.normal_(norm.weight, 1.0, 0.5)
+            torch.nn.init.normal_(norm.bias, 0.0, 0.5)
+        self.one = torch.nn.Linear(width, width)
+        self.qk, self.v = torch.nn.Linear(width, 2 * width), torch.nn.Linear(width, width)
+        self.no_bias = torch.nn.Linear(width, width, bias=False)
+        self.shared = torch.nn.Linear(width, width)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.reshape(1, -1, image.shape[-1])
+        x = x + self.one(self.norms[0](x))
+        y = self.norms[1](x)
+        x = x + self.qk(y)[..., : x.shape[-1]] * self.v(y)
+        x = x + self.no_bias(self.norms[2](x))
+        z = self.norms[3](x)
+        return (z + self.shared(z)).reshape(image.shape)
+
+
+def test_layer_norm_scale_and_shift_fold_into_the_linears_that_read_them(tmp_path):
+    model = _NormsIntoLinears().eval()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    image = torch.randn(1, 1, 49, 12)
+    with layer_norm_form(model, executorch.LAYER_NORM):
+        report = executorch.convert(model, image, tmp_path / executorch.ARTIFACT)
+        with torch.no_grad():
+            expected = model(image).numpy()
+    assert report["folded_layer_norm_affines"] == 3  # not the one a residual also reads
+    assert report["delegation"]["partitions"] == 1
+    actual = executorch.run(tmp_path / executorch.ARTIFACT, image.numpy())
+    assert np.abs(actual.reshape(expected.shape) - expected).max() < 1e-5
+    assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())  # the model untouched
