@@ -121,6 +121,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert
+    from .converters import backend_summary
 
     options = {"coreml": {"image_input": args.image_input, "minimum_target": args.minimum_target,
                           "compute_units": args.compute_units},
@@ -138,13 +139,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                        quiet_toolchains=not args.verbose, log=log)
     rows = []
     for outcome in outcomes:
-        delegation = outcome.report.get("delegation") or {}
-        accel = (f"{delegation['partitions']} XNNPACK partition(s), {delegation['undelegated_compute_ops']} "
-                 "undelegated ops" if delegation else "")
-        if "fully_accelerated" in outcome.report:
-            accel = "fully accelerated (XNNPACK)" if outcome.report["fully_accelerated"] else "NOT fully accelerated"
-        if "tensorrt" in outcome.report:
-            accel = outcome.report["tensorrt"]["verdict"]
+        accel = backend_summary(outcome.report)
         rows.append([outcome.target, outcome.precision, outcome.status.upper(),
                      f"{outcome.size_bytes / 1e6:.2f}" if outcome.size_bytes else "-", f"{outcome.seconds:.1f}",
                      outcome.summary, accel, str(outcome.bundle or "-")])
@@ -187,8 +182,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     log = (lambda message: print(message, file=sys.stderr, flush=True))
     result = train(args.model, data=args.data, data_dir=args.data_dir, img_size=args.img_size, in_chans=args.in_chans,
                    epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                   label_smoothing=args.label_smoothing, device=args.device, seed=args.seed,
-                   train_samples=args.train_samples, eval_samples=args.eval_samples,
+                   label_smoothing=args.label_smoothing, device=args.device, precision=args.precision,
+                   seed=args.seed, train_samples=args.train_samples, eval_samples=args.eval_samples,
                    augment=False if args.no_augment else None, out=args.out, resume=args.resume, force=args.force,
                    log=log)
     metrics = result.metrics
@@ -419,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--weight-decay", type=float, help="AdamW weight decay [0.05]")
     training.add_argument("--label-smoothing", type=float, help="label smoothing [0.1]")
     training.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N [auto]")
+    training.add_argument("--precision", choices=["fp32", "bf16"],
+                          help="bf16: forward passes under bf16 autocast, weights and optimizer fp32; 2-3x faster "
+                               "on GPUs and on CPUs with AMX or AVX512-BF16 (testing stays fp32) [fp32]")
     training.add_argument("--seed", type=int, help="seed of init, shuffling and augmentation [0]")
     training.add_argument("--train-samples", type=int, metavar="N", help="train on a class-balanced N images [all]")
     training.add_argument("--eval-samples", type=int, metavar="N", help="test on a class-balanced N images [all]")

@@ -62,6 +62,15 @@ def test_learns_beyond_chance(tmp_path):
     assert result.metrics["best"]["top1"] > 25, result.metrics["epochs"]  # chance: 10% (about 40% here)
 
 
+def test_bf16_autocast_trains_and_is_recorded(tmp_path):
+    result = train("t2t_vit_7", epochs=1, precision="bf16", out=tmp_path, **QUICK)  # T2T: the Performer stays fp32
+    assert result.metrics["hyperparameters"]["precision"] == "bf16"
+    assert all(torch.isfinite(torch.tensor(loss)) for loss in result.step_losses)
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in result.model.parameters())
+    with pytest.raises(EdgevitError, match="precision must be one of fp32, bf16"):
+        train("t2t_vit_7", epochs=1, precision="fp8", out=tmp_path / "bad", **QUICK)
+
+
 def test_deterministic_and_resume_continues_exactly(tmp_path):
     straight = train("nest_tiny", epochs=2, out=tmp_path / "straight", **RESUME)
     messages = []

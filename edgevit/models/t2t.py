@@ -168,6 +168,15 @@ class TokenPerformer(nn.Module):
         emb = self.emb
         # split order is k, q, v (official); last-dim slices, which every backend delegates
         k, q, v = kqv[..., :emb], kqv[..., emb:2 * emb], kqv[..., 2 * emb:]
+        if torch.is_autocast_enabled(x.device.type):  # mixed-precision training: autocast would make these bf16
+            with torch.autocast(x.device.type, enabled=False):
+                y = self._random_feature_attention(k, q, v)
+        else:
+            y = self._random_feature_attention(k, q, v)
+        return v + self.dp(self.proj(y.to(v.dtype) if v.dtype != y.dtype else y))
+
+    def _random_feature_attention(self, k: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The normalised linear attention of q over (k, v), in float32: (B, T, emb) each -> (B, T, emb)."""
         # float32 from here to the normalised output, whatever the model's dtype (T2T-ViT issues #65, #69)
         v32 = _as_float32(v)
         k_logits, q_logits = self.prm_logits(_as_float32(k)), self.prm_logits(_as_float32(q))  # (B, T, m)
@@ -186,8 +195,7 @@ class TokenPerformer(nn.Module):
         ktv = torch.bmm(kp.transpose(1, 2), v32)  # (B, m, emb)
         epsilon = torch.exp(torch.clamp(math.log(self.m * PERFORMER_EPSILON) - q_shift - k_shift,
                                         max=EPSILON_EXPONENT_CAP))
-        y = torch.bmm(qp, ktv) / (normaliser + epsilon)  # (B, T, emb)
-        return v + self.dp(self.proj(y.to(v.dtype) if v.dtype != y.dtype else y))
+        return torch.bmm(qp, ktv) / (normaliser + epsilon)  # (B, T, emb)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.single_attn(self.norm1(x))

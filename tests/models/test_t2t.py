@@ -84,6 +84,21 @@ def test_performer_keeps_float32_internals_in_half_precision():
     assert torch.allclose(half.float(), reference, atol=2e-2, rtol=2e-2)
 
 
+def test_performer_keeps_float32_internals_under_bf16_autocast():
+    layer = TokenPerformer(147, 64).eval()
+    x = torch.randn(1, 64, 147)
+    seen = {}
+    original = layer._random_feature_attention
+    layer._random_feature_attention = lambda k, q, v: seen.setdefault("y", original(k, q, v))
+    with torch.no_grad():
+        reference = layer(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = layer(x)
+    assert seen["y"].dtype == torch.float32  # the random features and normaliser were not run in bf16
+    assert torch.isfinite(mixed).all()
+    assert torch.allclose(mixed.float(), reference, atol=5e-2, rtol=5e-2)
+
+
 def test_sinusoid_table_equals_official_numpy_formula():
     tokens, dim = 197, 384
     angles = np.array([[pos / np.power(10000, 2 * (j // 2) / dim) for j in range(dim)] for pos in range(tokens)])
