@@ -21,21 +21,7 @@ import torch
 
 import edgevit
 from edgevit.convert import convert
-from edgevit.converters import TARGETS
-
-
-def backend_facts(target: str, report: dict) -> str:
-    if target == "executorch" and "delegation" in report:
-        delegation = report["delegation"]
-        undelegated = ", ".join(f"{op} x{n}" for op, n in delegation["undelegated_ops"].items())
-        return f"{delegation['partitions']} partition(s)" + (f"; outside XNNPACK: {undelegated}" if undelegated else "")
-    if target == "tflite" and "fully_accelerated" in report:
-        return "fully accelerated" if report["fully_accelerated"] else "NOT fully accelerated"
-    if target == "onnx" and "tensorrt" in report:
-        return report["tensorrt"]["verdict"]
-    if target == "coreml" and "max_rank" in report:
-        return f"max rank {report['max_rank']}, {sum(report.get('ops', {}).values())} MIL ops"
-    return ""
+from edgevit.converters import TARGETS, backend_summary
 
 
 def sweep_variant(name: str, targets: list[str]) -> list[dict]:
@@ -47,7 +33,9 @@ def sweep_variant(name: str, targets: list[str]) -> list[dict]:
             rows.append({"variant": name, "target": outcome.target, "precision": outcome.precision,
                          "status": outcome.status, "seconds": round(outcome.seconds, 1),
                          "size_mb": round(outcome.size_bytes / 1e6, 2) if outcome.size_bytes else None,
-                         "backend": backend_facts(outcome.target, outcome.report),
+                         "backend": backend_summary(outcome.report),
+                         "partitions": outcome.report.get("delegation", {}).get("partitions"),
+                         "fully_accelerated": outcome.report.get("fully_accelerated"),
                          "verification": outcome.verification.get("status"),
                          "cosine_min": metrics.get("cosine_min"), "max_abs_error": metrics.get("max_abs_error"),
                          "top1_agreement": metrics.get("top1_agreement"), "error": outcome.error})
@@ -75,8 +63,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append(f"| {row['variant']} | {row['target']} | {row['precision']} | {status} | {row['seconds']} "
                      f"| {row['size_mb']} | {row['backend']} | {parity} |")
     ok = sum(r["status"] == "ok" for r in rows)
-    one_partition = sum(r["backend"] == "1 partition(s)" for r in rows if r["target"] == "executorch")
-    accelerated = sum(r["backend"] == "fully accelerated" for r in rows if r["target"] == "tflite")
+    one_partition = sum(r["partitions"] == 1 for r in rows if r["target"] == "executorch")
+    accelerated = sum(bool(r["fully_accelerated"]) for r in rows if r["target"] == "tflite")
     cosines = [r["cosine_min"] for r in rows if r["cosine_min"] is not None]
     variants = len({r["variant"] for r in rows})
     lines += ["", f"**{ok} of {len(rows)} conversions ({variants} variants) succeeded** and passed verification "

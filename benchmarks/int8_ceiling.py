@@ -97,6 +97,7 @@ def main() -> None:
     meta = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(), "environment": host_environment(),
             "command": f"python benchmarks/int8_ceiling.py --shapes {shapes} --iters {args.iters}"}
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "int8_ceiling.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     lines = [f"# int8 ceiling on this CPU ({meta['date']}, {meta['cpu']})", "",
              f"Command: `{meta['command']}`. One MLP block (Linear dim->4 dim, GELU, Linear back) on "

@@ -39,6 +39,23 @@ def predict_all(predict, images) -> np.ndarray:
     return np.stack([np.asarray(predict(image), dtype=np.float32).reshape(-1) for image in images])
 
 
+def backend_summary(report: dict) -> str:
+    """One phrase on how the artifact maps onto its backend, from a target's convert or inspect report."""
+    if "delegation" in report:
+        delegation = report["delegation"]
+        phrase = (f"{delegation['partitions']} XNNPACK partition(s), {delegation['undelegated_compute_ops']} "
+                  "undelegated ops")
+        outside = ", ".join(f"{op} x{count}" for op, count in delegation["undelegated_ops"].items())
+        return phrase + (f" ({outside})" if outside else "")
+    if "fully_accelerated" in report:
+        return "fully accelerated (XNNPACK)" if report["fully_accelerated"] else "NOT fully accelerated"
+    if "tensorrt" in report:
+        return report["tensorrt"]["verdict"]
+    if "max_rank" in report:
+        return f"max rank {report['max_rank']}, {sum(report.get('ops', {}).values())} MIL ops"
+    return ""
+
+
 def _check_name(name: str) -> None:
     if name not in TARGETS:
         raise EdgevitError(f"unknown target '{name}'; choose one of: {', '.join(TARGETS)} (or 'all')")
