@@ -168,8 +168,10 @@ class TokenPerformer(nn.Module):
         emb = self.emb
         # split order is k, q, v (official); last-dim slices, which every backend delegates
         k, q, v = kqv[..., :emb], kqv[..., emb:2 * emb], kqv[..., 2 * emb:]
-        if torch.is_autocast_enabled(x.device.type):  # mixed-precision training: autocast would make these bf16
-            with torch.autocast(x.device.type, enabled=False):
+        device_type = x.device.type
+        # mixed-precision training: autocast would make these bf16. Meta tensors (MAC counting) have no autocast.
+        if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type, enabled=False):
                 y = self._random_feature_attention(k, q, v)
         else:
             y = self._random_feature_attention(k, q, v)
