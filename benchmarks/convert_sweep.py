@@ -42,6 +42,15 @@ def sweep_variant(name: str, targets: list[str]) -> list[dict]:
     return rows
 
 
+def _with_backend_facts(row: dict) -> dict:
+    """Rows from before partitions and full acceleration were stored: read them back from the backend phrase."""
+    if "partitions" not in row:
+        phrase = row["backend"] or ""
+        row["partitions"] = int(phrase.split()[0]) if row["target"] == "executorch" and phrase[:1].isdigit() else None
+        row["fully_accelerated"] = phrase.startswith("fully accelerated") if row["target"] == "tflite" else None
+    return row
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     dates = sorted({row["date"] for row in rows})
     threads = sorted({row["threads"] for row in rows})
@@ -82,7 +91,7 @@ def main() -> int:
     args = parser.parse_args()
     out = Path(args.out)
     results = out / "convert_sweep.json"
-    previous = json.loads(results.read_text())["rows"] if results.exists() else []
+    previous = [_with_backend_facts(r) for r in json.loads(results.read_text())["rows"]] if results.exists() else []
     names = edgevit.list_models(args.pattern)
     fresh = []
     for index, name in enumerate(names, 1):
