@@ -281,6 +281,14 @@ def split_heads(x: torch.Tensor, num_heads: int, parts: int = 1) -> list[torch.T
     return [heads] if parts == 1 else [heads[i * part:(i + 1) * part] for i in range(parts)]
 
 
+def _twice(x: torch.Tensor) -> torch.Tensor:
+    """(1, N, C) -> (2, N, C), two copies. Built from two distinct slices: ExecuTorch's XNNPACK partitioner leaves
+    a concatenation that repeats one input (`cat([x, x])`, like `repeat`) out of the delegate."""
+    tokens, channels = x.shape[1], x.shape[2]
+    head, tail = x[:, :1], x[:, 1:]
+    return torch.cat([head, tail, head, tail], dim=1).reshape(2, tokens, channels)
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: int, scale: float,
            head_minor: bool = False) -> torch.Tensor:
     """softmax(q kᵀ · scale) v for heads folded as `split_heads` does, q (H*B, Nq, D) and k, v (H*B, Nk, D|Dv)
@@ -291,6 +299,14 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: int, scale:
     `head_minor` orders the output channels `d * H + h` (timm's NesT does this; its proj weights expect it).
     """
     num_heads, q_tokens, head_dim = q.shape[0] // batch, q.shape[1], v.shape[-1]
+    if q.shape[0] == 1 and q_tokens % 2 == 0:
+        # One head of one image (T2T-ViT-t's token transformers): LiteRT turns a batch-1 q·kᵀ into a
+        # FULLY_CONNECTED whose weights are activations, which XNNPACK leaves on the reference CPU kernel (at 224
+        # px, 3136x3136x147 MACs). Halving the queries into a batch of two keeps it a BATCH_MATMUL; the halves are
+        # contiguous, so the reshape below puts them back in order.
+        half = q_tokens // 2
+        q = torch.cat([q[:, :half], q[:, half:]], dim=0)
+        k, v = _twice(k), _twice(v)
     attn = torch.softmax(torch.bmm(q * scale, k.transpose(1, 2)), dim=-1)
     out = torch.bmm(attn, v).reshape(num_heads, batch * q_tokens, head_dim)
     out = out.permute(1, 2, 0) if head_minor else out.transpose(0, 1)

@@ -13,7 +13,7 @@ from helpers import TINY  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
-@pytest.mark.parametrize("family", ["tnt", "t2t_performer", "nest_same", "crossvit_dagger"])
+@pytest.mark.parametrize("family", ["tnt", "t2t_performer", "t2t_transformer", "nest_same", "crossvit_dagger"])
 def test_one_xnnpack_partition_and_matches_eager(tmp_path, family):
     model = TINY[family]().eval()
     shape = model.pretrained_cfg["input_size"]

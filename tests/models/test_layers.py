@@ -44,8 +44,9 @@ def test_separable_resize_equals_bicubic_interpolate(source, target):
 
 
 @pytest.mark.parametrize("head_minor", [False, True])
-def test_multi_head_attention_equals_reference(head_minor):
-    batch, tokens, channels, heads = 2, 10, 24, 4
+@pytest.mark.parametrize("batch, tokens, channels, heads", [(2, 10, 24, 4), (1, 10, 12, 1), (1, 9, 12, 1)])
+def test_multi_head_attention_equals_reference(head_minor, batch, tokens, channels, heads):
+    """(1, 10, 12, 1) takes the split-queries path of one head on one image; (1, 9, ...) the plain one."""
     q, k, v = (torch.randn(batch, tokens, channels) for _ in range(3))
     split = lambda t: t.reshape(batch, tokens, heads, channels // heads).transpose(1, 2)  # noqa: E731
     scale = (channels // heads) ** -0.5
