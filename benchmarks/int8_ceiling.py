@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from edgevit.bench import bench
-from edgevit.bench.environment import cpu_model, host_environment
+from edgevit.bench.environment import cpu_label, host_environment
 from edgevit.converters import executorch, tflite
 from edgevit.converters.bundle import artifact_digest, write_manifest
 from edgevit.quantization.pt2e import calibrated
@@ -94,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = [row for tokens, dim in args.shapes for row in measure_shape(tokens, dim, args.iters, args.threads)]
     shapes = " ".join(f"{tokens}x{dim}" for tokens, dim in args.shapes)
-    meta = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(), "environment": host_environment(),
+    meta = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_label(), "environment": host_environment(),
             "command": f"python benchmarks/int8_ceiling.py --shapes {shapes} --iters {args.iters}"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

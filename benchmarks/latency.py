@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from edgevit.bench import bench
+from edgevit.bench.environment import cpu_label
 from edgevit.convert import convert
 from edgevit.converters import backend_summary
 
@@ -139,7 +140,7 @@ def main() -> None:
                 reports.append(report)
                 print(row(report), flush=True)
     environment = reports[0]["environment"]
-    meta = {"date": time.strftime("%Y-%m-%d"), "cpu": environment["cpu"], "cores": environment["cores"],
+    meta = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_label(), "cores": environment["cores"],
             "machine": platform.machine(), "iters": args.iters, "warmup": args.warmup,
             "command": "python " + " ".join(sys.argv)}
     out = Path(args.out)
