@@ -178,15 +178,59 @@ def _cast_weights_to_fp16(artifact: Path) -> None:
     """Rewrite `artifact` in place with fp16 weights (ai-edge-quantizer FLOAT_CASTING, weight-only)."""
     from ai_edge_quantizer import qtyping, quantizer
 
+    rewrite_with_ai_edge_quantizer(artifact, "quantize (fp16 weights)", lambda qz: qz.add_weight_only_config(
+        regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=16,
+        algorithm_key=quantizer.AlgorithmName.FLOAT_CASTING))
+
+
+def quantize_fully_connected_dynamic(artifact: Path, output_names: list[str]) -> None:
+    """Rewrite `artifact` in place with dynamic-range int8 (per-channel int8 weights, activations quantized per
+    inference) on the FULLY_CONNECTED ops whose output tensors are named in `output_names`; the rest stays float.
+
+    litert-torch's own PT2E dynamic mode is not used for this: it turns every FULLY_CONNECTED weight to int8,
+    the PT2E annotations notwithstanding (the T2T Performer's random features and any module kept float included).
+    """
+    from ai_edge_quantizer import qtyping
+
+    # ai-edge-quantizer matches an op's scope: its output tensor names, each followed by ';'
+    scope = "^(" + "|".join(re.escape(name) for name in output_names) + ");$"
+    rewrite_with_ai_edge_quantizer(artifact, "quantize (dynamic int8)", lambda qz: qz.add_dynamic_config(
+        regex=scope, operation_name=qtyping.TFLOperationName.FULLY_CONNECTED, num_bits=8,
+        granularity=qtyping.QuantGranularity.CHANNELWISE))
+
+
+def rewrite_with_ai_edge_quantizer(artifact: Path, stage: str, configure) -> None:
+    """Apply the ai-edge-quantizer recipe that `configure(quantizer)` sets up to `artifact`, in place."""
+    from ai_edge_quantizer import quantizer
+
     try:
         qz = quantizer.Quantizer(str(artifact))
-        qz.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=16,
-                                  algorithm_key=quantizer.AlgorithmName.FLOAT_CASTING)
+        configure(qz)
         with _captured_stderr():  # its tensor-transformation progress bar ignores enable_progress_bar
             result = qz.quantize(enable_progress_bar=False, enable_progress_report=False)
     except Exception as exc:
-        raise _toolchain_error("quantize (fp16 weights)", exc) from exc
+        raise _toolchain_error(stage, exc) from exc
     artifact.write_bytes(bytes(result.quantized_model))
+
+
+def fully_connected_ops(artifact: Path) -> list[tuple[str, np.ndarray | None]]:
+    """(output tensor name, constant weight or None) of every FULLY_CONNECTED op, in graph order. litert-torch
+    names an op's output after the module path it was traced in; the graph's output takes the signature's name."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_path=str(artifact),
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    names = {tensor["index"]: tensor["name"] for tensor in interpreter.get_tensor_details()}
+    ops = []
+    for op in interpreter._get_ops_details():
+        if op["op_name"] == "FULLY_CONNECTED":
+            weight = op["inputs"][1]
+            try:
+                ops.append((names[op["outputs"][0]], np.array(interpreter.get_tensor(weight))))
+            except ValueError:  # a weight computed at run time has no data before invoke
+                ops.append((names[op["outputs"][0]], None))
+    return ops
 
 
 def _write_metadata(artifact: Path, name: str, value: str) -> None:

@@ -113,7 +113,7 @@ class QuantizationPlan:
                                f"{target} {recipe.name}", self.float_modules,
                                fold_quantize=FOLD_QUANTIZE.get(target, True))
         if target == "tflite":
-            options["quant_config"] = litert_quant_config(dynamic=recipe.name == "dynamic-int8")
+            options["quant_config"] = litert_quant_config(dynamic=False)
         self.reports[target] = quantized_linear_count(quantized)
         return quantized, options
 

@@ -1,7 +1,8 @@
-"""Recipes applied to a converted artifact by the backend's own tool: ONNX Runtime, coremltools."""
+"""Recipes applied to a converted artifact by the backend's own tool: ONNX Runtime, coremltools, ai-edge-quantizer."""
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -20,25 +21,83 @@ def _fingerprint(array: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()
 
 
+def may_be_int8(model: nn.Module, float_modules: Iterable[str] = ()) -> dict[str, bool]:
+    """Name of every Linear/Conv module with a weight -> may it be int8 (not inside a float island, not kept
+    float)?"""
+    keep_float = tuple(float_modules)
+    islands = [name for name, module in model.named_modules() if name and isinstance(module, ALWAYS_FLOAT_TYPES)]
+    verdicts = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and getattr(module, "weight", None) is not None:
+            inside_island = any(name.startswith(island + ".") for island in islands)
+            kept = any(name == k or name.startswith(k + ".") for k in keep_float)
+            verdicts[name] = not (inside_island or kept)
+    return verdicts
+
+
 def quantizable_weights(model: nn.Module, float_modules: Iterable[str] = ()) -> dict[str, bool]:
     """Fingerprint of every Linear/Conv weight (and its transpose, as exporters fold it) -> may it be int8?
 
     ONNX simplification renames initializers, so weights are matched by value, not by name. The Performer's
     random features are a buffer, not a Linear weight, so they never qualify.
     """
-    keep_float = tuple(float_modules)
+    modules = dict(model.named_modules())
     verdicts = {}
-    for name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
-        if not isinstance(module, (nn.Linear, nn.Conv2d)) or weight is None:
-            continue
-        inside_island = any(isinstance(parent, ALWAYS_FLOAT_TYPES) for parent_name, parent in model.named_modules()
-                            if parent_name and name.startswith(parent_name + "."))
-        kept = any(name == k or name.startswith(k + ".") for k in keep_float)
-        array = weight.detach().float().numpy()
+    for name, verdict in may_be_int8(model, float_modules).items():
+        array = modules[name].weight.detach().float().numpy()
         for variant in (array, array.T) if array.ndim == 2 else (array,):
-            verdicts[_fingerprint(variant)] = not (inside_island or kept)
+            verdicts[_fingerprint(variant)] = verdict
     return verdicts
+
+
+def litert_locations(model: nn.Module, float_modules: Iterable[str] = ()) -> dict[str, bool]:
+    """litert-torch's location of every Linear ('edgevit.models.layers.Block_0/.../torch.nn.modules.linear.
+    Linear_fc1': each module on the path as its class and attribute, containers without a forward left out) ->
+    may it be int8?"""
+    modules = dict(model.named_modules())
+    locations = {}
+    for name, verdict in may_be_int8(model, float_modules).items():
+        if not isinstance(modules[name], nn.Linear):
+            continue
+        parts = name.split(".")
+        path = []
+        for depth, attribute in enumerate(parts, start=1):
+            module = modules[".".join(parts[:depth])]
+            if not isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+                path.append(f"{type(module).__module__}.{type(module).__qualname__}_{attribute}")
+        locations["/".join(path)] = verdict
+    return locations
+
+
+def tflite_ops_to_quantize(artifact: Path, model: nn.Module, float_modules: Iterable[str] = ()) -> list[str]:
+    """Output names of the FULLY_CONNECTED ops computed by a quantizable Linear: found by the innermost module
+    their name locates, or by weight where the name locates none (the graph's output). The Performer's random
+    features run in TokenPerformer's own code, on a buffer, and never qualify."""
+    from edgevit.converters.tflite import fully_connected_ops
+
+    locations = litert_locations(model, float_modules)
+    patterns = {location: re.compile(r"(^|/)" + re.escape(location) + r"(;|$)") for location in locations}
+    by_weight = quantizable_weights(model, float_modules)
+    chosen = []
+    for name, weight in fully_connected_ops(artifact):
+        found = [location for location, pattern in patterns.items() if pattern.search(name)]
+        if found and locations[max(found, key=len)]:
+            chosen.append(name)
+        elif not found and weight is not None and by_weight.get(_fingerprint(weight)):
+            chosen.append(name)
+    return chosen
+
+
+def quantize_tflite(artifact: Path, model: nn.Module, float_modules=()) -> dict:
+    from edgevit.converters.tflite import fully_connected_ops, quantize_fully_connected_dynamic
+
+    artifact = Path(artifact)
+    chosen = tflite_ops_to_quantize(artifact, model, float_modules)
+    if not chosen:
+        raise EdgevitError("TFLite dynamic int8 found no Linear layers to quantize in the converted graph.")
+    total = len(fully_connected_ops(artifact))
+    quantize_fully_connected_dynamic(artifact, chosen)
+    return {"int8_linear": len(chosen), "float_linear": total - len(chosen)}
 
 
 def onnx_nodes_to_quantize(onnx_path: Path, model: nn.Module, float_modules: Iterable[str] = ()) -> list[str]:
@@ -175,4 +234,6 @@ def apply(recipe, artifact: Path, model: nn.Module, calibration, float_modules=(
         return quantize_onnx(artifact, recipe.name, model, calibration, float_modules)
     if recipe.target == "coreml":
         return compress_coreml(artifact, recipe.name)
+    if recipe.target == "tflite" and recipe.name == "dynamic-int8":
+        return quantize_tflite(artifact, model, float_modules)
     raise EdgevitError(f"no artifact-stage quantization for {recipe.target}")

@@ -2,7 +2,8 @@
 
 A recipe works at one of two stages:
 - "graph": PT2E on the PyTorch graph before conversion (the backend's own quantizer, float islands kept);
-- "artifact": the converted artifact is rewritten by the backend's tool (ONNX Runtime, coremltools).
+- "artifact": the converted artifact is rewritten by the backend's tool (ONNX Runtime, coremltools,
+  ai-edge-quantizer).
 What stays float by design in every recipe: LayerNorm (both forms), softmax, GELU, attention matmuls, residual
 adds and the T2T Performer's random features; only Linear and Conv weights/activations go to int8.
 """
@@ -78,7 +79,6 @@ GRAPH_QUANTIZERS = {
     ("executorch", "int8"): lambda: xnnpack_quantizer(dynamic=False),
     ("executorch", "dynamic-int8"): lambda: xnnpack_quantizer(dynamic=True),
     ("tflite", "int8"): lambda: litert_quantizer(dynamic=False),
-    ("tflite", "dynamic-int8"): lambda: litert_quantizer(dynamic=True),
     ("coreml", "w8a8"): coreml_quantizer,
 }
 
@@ -98,8 +98,9 @@ RECIPES = {(recipe.target, recipe.name): recipe for recipe in [
            "6-bit k-means palettized weights (grouped channels), iOS 18+", False, {"minimum_target": "iOS18"}),
     Recipe("int8", "tflite", "graph", "int8",
            "static int8 through litert-torch's PT2E quantizer (Linear/Conv)", True),
-    Recipe("dynamic-int8", "tflite", "graph", "dynamic-int8",
-           "dynamic-range int8: int8 weights, float activations", False),
+    Recipe("dynamic-int8", "tflite", "artifact", "dynamic-int8",
+           "dynamic-range int8 (ai-edge-quantizer): per-channel int8 Linear weights, activations quantized per "
+           "inference", False),
     Recipe("int8", "onnx", "artifact", "int8",
            "static int8 QDQ (symmetric, per-channel) for TensorRT's explicit quantization", True),
     Recipe("dynamic-int8", "onnx", "artifact", "dynamic-int8",
