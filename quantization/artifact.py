@@ -69,17 +69,17 @@ def litert_locations(model: nn.Module, float_modules: Iterable[str] = ()) -> dic
     return locations
 
 
-def tflite_ops_to_quantize(artifact: Path, model: nn.Module, float_modules: Iterable[str] = ()) -> list[str]:
-    """Output names of the FULLY_CONNECTED ops computed by a quantizable Linear: found by the innermost module
-    their name locates, or by weight where the name locates none (the graph's output). The Performer's random
-    features run in TokenPerformer's own code, on a buffer, and never qualify."""
-    from edgevit.converters.tflite import fully_connected_ops
-
+def tflite_ops_to_quantize(ops: list[tuple[str, np.ndarray | None]], model: nn.Module,
+                           float_modules: Iterable[str] = ()) -> list[str]:
+    """Of `ops` ((output name, weight) of each FULLY_CONNECTED op), the output names of those computed by a
+    quantizable Linear: found by the innermost module their name locates, or by weight where the name locates none
+    (the graph's output). The Performer's random features run in TokenPerformer's own code, on a buffer, and never
+    qualify."""
     locations = litert_locations(model, float_modules)
     patterns = {location: re.compile(r"(^|/)" + re.escape(location) + r"(;|$)") for location in locations}
     by_weight = quantizable_weights(model, float_modules)
     chosen = []
-    for name, weight in fully_connected_ops(artifact):
+    for name, weight in ops:
         found = [location for location, pattern in patterns.items() if pattern.search(name)]
         if found and locations[max(found, key=len)]:
             chosen.append(name)
@@ -92,12 +92,12 @@ def quantize_tflite(artifact: Path, model: nn.Module, float_modules=()) -> dict:
     from edgevit.converters.tflite import fully_connected_ops, quantize_fully_connected_dynamic
 
     artifact = Path(artifact)
-    chosen = tflite_ops_to_quantize(artifact, model, float_modules)
+    ops = fully_connected_ops(artifact)
+    chosen = tflite_ops_to_quantize(ops, model, float_modules)
     if not chosen:
         raise EdgevitError("TFLite dynamic int8 found no Linear layers to quantize in the converted graph.")
-    total = len(fully_connected_ops(artifact))
     quantize_fully_connected_dynamic(artifact, chosen)
-    return {"int8_linear": len(chosen), "float_linear": total - len(chosen)}
+    return {"int8_linear": len(chosen), "float_linear": len(ops) - len(chosen)}
 
 
 def onnx_nodes_to_quantize(onnx_path: Path, model: nn.Module, float_modules: Iterable[str] = ()) -> list[str]:
