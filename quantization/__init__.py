@@ -111,7 +111,7 @@ class QuantizationPlan:
         quantizer = GRAPH_QUANTIZERS[(target, recipe.name)]()
         quantized = calibrated(model, example, quantizer, self.calibration if recipe.calibration else None,
                                f"{target} {recipe.name}", self.float_modules,
-                               fold_quantize=FOLD_QUANTIZE.get(target, True))
+                               fold_quantize=FOLD_QUANTIZE.get(target, True), target=target)
         if target == "tflite":
             options["quant_config"] = litert_quant_config(dynamic=False)
         self.reports[target] = quantized_linear_count(quantized)

@@ -13,7 +13,7 @@ from edgevit.errors import EdgevitError
 from edgevit.models import Conv2d, layer_norm_form
 from edgevit.quantization import RECIPES, get_recipe
 from edgevit.quantization.islands import quantizable
-from edgevit.quantization.pt2e import calibrated
+from edgevit.quantization.pt2e import calibrated, exported_graph
 from edgevit.quantization.recipes import xnnpack_quantizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -143,6 +143,28 @@ def test_the_quantized_graph_stays_close_to_float():
         quantized = calibrated(model, x, xnnpack_quantizer(dynamic=False), images, "executorch int8")
         cosine = torch.nn.functional.cosine_similarity(model(x), quantized(x)).item()
     assert cosine > 0.99 and quantized.family == model.family
+
+
+def test_xnnpack_quantization_folds_layer_norm_affines_first():
+    """The q/dq pairs PT2E puts between a LayerNorm's `y * g + b` and its Linears hid the pattern from the
+    converter's fold: the int8 .pte kept two elementwise passes per LayerNorm."""
+    torch.manual_seed(0)
+    model = TINY["tnt"]().eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.uniform_(0.5, 2.0)
+                module.bias.normal_(0.0, 0.1)
+    x = torch.randn(1, *model.pretrained_cfg["input_size"])
+    multiplies = lambda graph: sum(node.target is torch.ops.aten.mul.Tensor for node in graph.graph.nodes)
+    with layer_norm_form(model, "matmul"), torch.no_grad():
+        folded, plain = exported_graph(model, x, "executorch"), exported_graph(model, x)
+        assert multiplies(folded) < multiplies(plain)
+        torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
+        quantized = calibrated(model, x, xnnpack_quantizer(dynamic=False), [x], "executorch int8",
+                               target="executorch")
+        assert multiplies(quantized.graph_module) <= multiplies(folded)
+        assert torch.nn.functional.cosine_similarity(model(x), quantized(x)).item() > 0.99
 
 
 @needs_data
