@@ -18,7 +18,7 @@ import torch.nn as nn
 from edgevit.errors import EdgevitError
 
 from .islands import _clean, module_path, quantizable
-from .pt2e import with_float_islands
+from .pt2e import exported_graph, with_float_islands
 from .recipes import GRAPH_QUANTIZERS, RECIPES, get_recipe
 
 # Artifact-stage recipes (ONNX Runtime, coremltools) have no PyTorch quantizer: XNNPACK's PT2E quantizer, with
@@ -127,7 +127,7 @@ def layer_sensitivity(model: nn.Module, example: torch.Tensor, target: str, reci
     ranking = []
     with target_forms(model, get_target(target)), torch.no_grad():
         reference = model(images).numpy()
-        graph = torch.export.export(model, (images,), strict=False).module()
+        graph = exported_graph(model, images, key[0])  # the graph the recipe quantizes, rewrites included
         # annotate once; every layer then replays its own nodes' annotations on a fresh copy of the graph
         quantizer = with_float_islands(GRAPH_QUANTIZERS[key](), quantizable(float_modules))
         template = quantizer.annotate(quantizer.transform_for_annotation(copy.deepcopy(graph)))
