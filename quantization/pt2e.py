@@ -69,8 +69,8 @@ def _fold_layer_norm_affine(program: torch.export.ExportedProgram) -> None:
 # Exact rewrites of the float graph a converter makes before lowering, made before quantization instead where the
 # quantize/dequantize pairs PT2E inserts would hide their pattern from the converter. XNNPACK: the LayerNorm's
 # `y * g + b` folded into the Linears that read it; in an int8 graph the q/dq between them kept 61 of TNT-Ti's
-# LayerNorm affines as two elementwise passes each (1.2 of 23 ms on one thread). The Linears then see normalised
-# inputs, whose per-tensor int8 range no longer carries the LayerNorm gain's outlier features.
+# LayerNorm affines as two elementwise passes each (1.2 of 23 ms on one thread). The Linears then quantize the
+# normalised input and weights scaled by the gain per input feature, not the same values in another order.
 EXACT_REWRITES = {"executorch": _fold_layer_norm_affine}
 
 
