@@ -60,10 +60,10 @@ def with_float_islands(quantizer, accept: Callable):
     return FloatIslands()
 
 
-def _fold_layer_norm_affine(program: torch.export.ExportedProgram) -> None:
+def _fold_layer_norm_affine(program: torch.export.ExportedProgram) -> dict:
     from edgevit.converters.executorch_folding import fold_layer_norm_affine
 
-    fold_layer_norm_affine(program)
+    return {"folded_layer_norm_affines": fold_layer_norm_affine(program)}
 
 
 # Exact rewrites of the float graph a converter makes before lowering, made before quantization instead where the
@@ -75,11 +75,13 @@ EXACT_REWRITES = {"executorch": _fold_layer_norm_affine}
 
 
 def exported_graph(model: nn.Module, example: torch.Tensor, target: str | None = None) -> torch.fx.GraphModule:
-    """The graph PT2E quantizes: `model` exported (non-strict, for speed), with `target`'s exact rewrites."""
+    """The graph PT2E quantizes: `model` exported (non-strict, for speed), with `target`'s exact rewrites (what
+    they did in the graph's meta["rewrites"], for the manifest)."""
     program = torch.export.export(model, (example,), strict=False)
-    if target in EXACT_REWRITES:
-        EXACT_REWRITES[target](program)
-    return program.module()
+    rewrites = EXACT_REWRITES[target](program) if target in EXACT_REWRITES else {}
+    graph = program.module()
+    graph.meta["rewrites"] = rewrites
+    return graph
 
 
 def calibrated(model: nn.Module, example: torch.Tensor, quantizer, calibration: Iterable[torch.Tensor] | None,
@@ -93,6 +95,7 @@ def calibrated(model: nn.Module, example: torch.Tensor, quantizer, calibration: 
     try:
         with torch.no_grad():
             graph = exported_graph(model, example, target)
+            rewrites = graph.meta["rewrites"]
             prepared = prepare_pt2e(graph, with_float_islands(quantizer, quantizable(float_modules)))
             samples = list(calibration) if calibration is not None else [example]
             with progress_bar(total=len(samples), desc="calibrate", unit="image") as bar:
@@ -105,7 +108,9 @@ def calibrated(model: nn.Module, example: torch.Tensor, quantizer, calibration: 
     except Exception as exc:
         raise EdgevitError(f"quantization ({recipe}) failed while preparing or calibrating the graph: "
                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    return QuantizedModel(converted, model, recipe)
+    quantized = QuantizedModel(converted, model, recipe)
+    quantized.rewrites = rewrites
+    return quantized
 
 
 def quantized_linear_count(model: QuantizedModel) -> dict[str, int]:
@@ -121,4 +126,4 @@ def quantized_linear_count(model: QuantizedModel) -> dict[str, int]:
         is_int8 = getattr(weight, "op", None) == "call_function" and "dequantize" in str(weight.target)
         (quantized if is_int8 else floating)[kind] += 1
     return {"int8_linear": quantized["linear"], "int8_conv": quantized["conv"],
-            "float_linear": floating["linear"], "float_conv": floating["conv"]}
+            "float_linear": floating["linear"], "float_conv": floating["conv"], **getattr(model, "rewrites", {})}

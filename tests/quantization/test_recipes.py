@@ -13,7 +13,7 @@ from edgevit.errors import EdgevitError
 from edgevit.models import Conv2d, layer_norm_form
 from edgevit.quantization import RECIPES, get_recipe
 from edgevit.quantization.islands import quantizable
-from edgevit.quantization.pt2e import calibrated, exported_graph
+from edgevit.quantization.pt2e import calibrated, exported_graph, quantized_linear_count
 from edgevit.quantization.recipes import xnnpack_quantizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -164,6 +164,7 @@ def test_xnnpack_quantization_folds_layer_norm_affines_first():
         quantized = calibrated(model, x, xnnpack_quantizer(dynamic=False), [x], "executorch int8",
                                target="executorch")
         assert multiplies(quantized.graph_module) <= multiplies(folded)
+        assert quantized_linear_count(quantized)["folded_layer_norm_affines"] > 0  # what the manifest reports
         assert torch.nn.functional.cosine_similarity(model(x), quantized(x)).item() > 0.99
 
 
