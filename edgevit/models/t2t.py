@@ -121,15 +121,22 @@ def sum_last_dim(x: torch.Tensor) -> torch.Tensor:
 
 
 def _row_max(x: torch.Tensor) -> torch.Tensor:
-    """x.amax(-1, keepdim=True) for (B, T, W), as a max pool every backend takes (XNNPACK's amax needs 4-D)."""
+    """x.amax(-1, keepdim=True) for (B, T, W), as a max pool every backend takes (XNNPACK's amax needs 4-D).
+
+    Tokens are the pool's channels: XNNPACK pools channels-last, so each window step is one vector max over
+    all tokens. With the tokens as rows of one channel it took a scalar max per element (T2T-ViT-7's first
+    Performer: 0.11 ms per row max, vs 0.2 ms for the whole layer's other elementwise work).
+    """
     batch, tokens, width = x.shape
-    return F.max_pool2d(x.reshape(batch, 1, tokens, width), (1, width), (1, width)).reshape(batch, tokens, 1)
+    return F.max_pool2d(x.reshape(batch, tokens, 1, width), (1, width), (1, width)).reshape(batch, tokens, 1)
 
 
 def _all_max(x: torch.Tensor) -> torch.Tensor:
-    """The max over all of (T, W) per batch element, (B, T, W) -> (B, 1, 1), as one max pool."""
-    batch, tokens, width = x.shape
-    return F.max_pool2d(x.reshape(batch, 1, tokens, width), (tokens, width), (tokens, width)).reshape(batch, 1, 1)
+    """The max over all of (T, W) per batch element, (B, T, W) -> (B, 1, 1): the row maxima, then their max
+    (two pools with a vector to work on, see `_row_max`, instead of one over a single channel)."""
+    batch, tokens, _ = x.shape
+    rows = _row_max(x).reshape(batch, 1, 1, tokens)
+    return F.max_pool2d(rows, (1, tokens), (1, tokens)).reshape(batch, 1, 1)
 
 
 class TokenPerformer(nn.Module):

@@ -200,3 +200,11 @@ def test_performer_trains_where_the_official_epsilon_term_overflows():
     y.square().mean().backward()
     for used in (layer.kqv.weight, layer.kqv.bias, layer.proj.weight):
         assert used.grad is not None and torch.isfinite(used.grad).all()
+
+
+def test_performer_maxima_as_pools_equal_amax():
+    from edgevit.models.t2t import _all_max, _row_max
+
+    x = torch.randn(2, 37, 13) * 20
+    assert torch.equal(_row_max(x), x.amax(-1, keepdim=True))
+    assert torch.equal(_all_max(x), x.amax((1, 2), keepdim=True))
