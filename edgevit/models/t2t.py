@@ -124,8 +124,8 @@ def _row_max(x: torch.Tensor) -> torch.Tensor:
     """x.amax(-1, keepdim=True) for (B, T, W), as a max pool every backend takes (XNNPACK's amax needs 4-D).
 
     Tokens are the pool's channels: XNNPACK pools channels-last, so each window step is one vector max over
-    all tokens. With the tokens as rows of one channel it took a scalar max per element (T2T-ViT-7's first
-    Performer: 0.11 ms per row max, vs 0.2 ms for the whole layer's other elementwise work).
+    all tokens. With the tokens as rows of one channel it took a scalar max per element (T2T-ViT-7's .pte at
+    224 px: 0.11 and 0.14 ms for the first Performer's two maxima; the whole model 0.35 ms faster this way).
     """
     batch, tokens, width = x.shape
     return F.max_pool2d(x.reshape(batch, tokens, 1, width), (1, width), (1, width)).reshape(batch, tokens, 1)
