@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from edgevit.bench.op_profile import markdown, profile_bundle
+from edgevit.errors import EdgevitError
 
 
 def main() -> None:
@@ -22,7 +23,10 @@ def main() -> None:
     args = parser.parse_args()
     tables = []
     for bundle in args.bundles:
-        kinds, wall_ms = profile_bundle(bundle, runs=args.runs, threads=args.threads)
+        try:
+            kinds, wall_ms = profile_bundle(bundle, runs=args.runs, threads=args.threads)
+        except EdgevitError as exc:
+            raise SystemExit(f"op_profile: {exc}") from None
         tables.append(markdown(kinds, wall_ms, f"{bundle} ({args.threads} thread(s), {args.runs} runs)"))
         print(tables[-1] + "\n")
     if args.out:

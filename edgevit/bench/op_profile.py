@@ -29,16 +29,18 @@ class OpKind:
     total_ms: float  # their median times (over the runs), summed
 
 
-def profile_bundle(bundle_dir: Path, runs: int = 10, threads: int = 1, warmup: int = 3) -> tuple[list[OpKind], float]:
-    """Per-kind operator times of one inference of an ExecuTorch bundle's .pte (a random input of its manifest's
-    shape), slowest kind first, and the profiled inference's median wall time in ms (profiling adds a little)."""
+def profile_bundle(bundle_dir: Path | str, runs: int = 10, threads: int = 1, warmup: int = 3) -> tuple[list[OpKind], float]:
+    """Per-kind operator times of one inference of an ExecuTorch bundle (its directory or its model.pte) on a
+    random input of the manifest's shape, slowest kind first, and the profiled inference's median wall time in ms
+    (profiling adds a little)."""
     import torch
     from executorch.devtools import Inspector
     from executorch.extension.pybindings.portable_lib import _load_for_executorch, _unsafe_reset_threadpool
 
     from edgevit.converters.bundle import read_bundle
 
-    bundle = read_bundle(bundle_dir)
+    bundle_dir = Path(bundle_dir)
+    bundle = read_bundle(bundle_dir.parent if bundle_dir.suffix == ".pte" else bundle_dir)
     if bundle.target != "executorch":
         raise EdgevitError(f"{bundle.path} is a {bundle.target} bundle; the operator profile reads ExecuTorch's "
                            "ETDump, so pass an executorch bundle (`edgevit convert MODEL --target executorch`).")
