@@ -5,7 +5,8 @@ read it (every pre-norm attention and MLP), `linear(y * g + b, W, c) = linear(y,
 arithmetic, so the two passes become a change of constants. ExecuTorch's XNNPACK elementwise kernels are where a
 .pte trails LiteRT most (7-23 % per op on an AVX-512 host, against 6 % for a GEMM). In TNT-Ti 61 of the 75
 LayerNorms fold (the rest feed a reshape or a residual): 33.1 -> 32.5 ms on one thread. The model is untouched:
-the new constants live in the exported program only.
+the new constants live in the exported program only (for QAT, `fold_layer_norm_affine_as_ops` computes them in the
+graph from the parameters, which go on training).
 """
 from __future__ import annotations
 
@@ -30,13 +31,12 @@ def _constant_and_other(program, node):
     return None, None
 
 
-def fold_layer_norm_affine(program: torch.export.ExportedProgram) -> int:
-    """Rewrite, in place, each `x * g + b` with per-feature constants g, b that only Linears read (each with a
-    weight and bias of its own) into those Linears' constants; returns how many such pairs were folded."""
-    from executorch.backends.transforms.utils import delete_constant_placeholder, get_param_tensor
+def _foldable_affines(program):
+    """Each `x * g + b` with per-feature constants g, b that only Linears read (each with a weight and bias of its
+    own, or no bias): (shift node, scale node, g, b, x, the Linears)."""
+    from executorch.backends.transforms.utils import get_param_tensor
 
     graph = program.graph_module.graph
-    folded = 0
     for shift in [node for node in graph.nodes if _is_call(node, _aten.add.Tensor)]:
         b, scale = _constant_and_other(program, shift) if len(shift.args) == 2 and not shift.kwargs else (None, None)
         if b is None or not _is_call(scale, _aten.mul.Tensor) or len(scale.users) != 1 or len(scale.args) != 2:
@@ -45,21 +45,70 @@ def fold_layer_norm_affine(program: torch.export.ExportedProgram) -> int:
         readers = list(shift.users)
         if g is None or not readers or not all(_folds_into(program, linear, shift) for linear in readers):
             continue
-        gain, offset = get_param_tensor(program, g).detach(), get_param_tensor(program, b).detach()
         features = get_param_tensor(program, readers[0].args[1]).shape[1]
-        if tuple(gain.shape) != (features,) or tuple(offset.shape) != (features,):
-            continue
+        shapes = {tuple(get_param_tensor(program, constant).shape) for constant in (g, b)}
+        if shapes == {(features,)}:
+            yield shift, scale, g, b, y, readers
+
+
+def fold_layer_norm_affine(program: torch.export.ExportedProgram) -> int:
+    """Rewrite, in place, each foldable `x * g + b` into the constants of the Linears that read it; returns how
+    many such pairs were folded."""
+    from executorch.backends.transforms.utils import get_param_tensor
+
+    folded = 0
+    for shift, scale, g, b, y, readers in list(_foldable_affines(program)):
+        gain, offset = get_param_tensor(program, g).detach(), get_param_tensor(program, b).detach()
         for linear in readers:
             _fold_into(program, linear, y, gain, offset)
-        graph.erase_node(shift)
-        graph.erase_node(scale)
-        for constant in (g, b):
-            if not constant.users:
-                delete_constant_placeholder(program, constant)
+        _erase_affine(program, shift, scale, g, b)
         folded += 1
     if folded:
         program.graph_module.recompile()
     return folded
+
+
+def fold_layer_norm_affine_as_ops(program: torch.export.ExportedProgram) -> int:
+    """The same rewrite for a graph that trains (QAT): each Linear reads `x` with weight `W * g` and bias
+    `W b + c` computed in the graph from the parameters themselves, so gradients still reach W, g, b and c of
+    the model, whose layout is unchanged. The computed weight is what the Linear's weight fake-quant sees, as
+    the converted graph's folded int8 weight will be. Returns how many pairs were folded."""
+    graph = program.graph_module.graph
+    folded = 0
+    for shift, scale, g, b, y, readers in list(_foldable_affines(program)):
+        for linear in readers:
+            weight = linear.args[1]
+            bias = linear.args[2] if len(linear.args) > 2 else None
+            with graph.inserting_before(linear):
+                scaled = _call(graph, _aten.mul.Tensor, weight, g)
+                # mv, not linear: a `linear` node would be taken for a layer and quantized
+                shifted = _call(graph, _aten.mv.default, weight, b)
+                if bias is not None:
+                    shifted = _call(graph, _aten.add.Tensor, shifted, bias)
+            linear.args = (y, scaled, shifted)
+        graph.erase_node(shift)
+        graph.erase_node(scale)
+        folded += 1
+    if folded:
+        program.graph_module.recompile()
+    return folded
+
+
+def _call(graph, target, *args):
+    node = graph.call_function(target, args)
+    node.meta["val"] = target(*[arg.meta["val"] for arg in args])  # the fake tensor later passes read
+    return node
+
+
+def _erase_affine(program, shift, scale, g, b) -> None:
+    from executorch.backends.transforms.utils import delete_constant_placeholder
+
+    graph = program.graph_module.graph
+    graph.erase_node(shift)
+    graph.erase_node(scale)
+    for constant in (g, b):
+        if not constant.users:
+            delete_constant_placeholder(program, constant)
 
 
 def _folds_into(program, linear, shift) -> bool:

@@ -103,7 +103,8 @@ class QuantizationPlan:
         if self.qat_metadata:
             from .qat import load_qat_state, rebuild
             quantized = rebuild(model, example, target, load_qat_state(self.qat_path), self.float_modules,
-                                origin=str(self.qat_path))
+                                origin=str(self.qat_path),
+                                trained_rewrites=self.qat_metadata["qat"].get("graph_rewrites", {}))
             if target == "tflite":
                 options["quant_config"] = litert_quant_config(dynamic=False)
             self.reports[target] = quantized_linear_count(quantized)

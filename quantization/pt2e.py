@@ -60,10 +60,11 @@ def with_float_islands(quantizer, accept: Callable):
     return FloatIslands()
 
 
-def _fold_layer_norm_affine(program: torch.export.ExportedProgram) -> dict:
-    from edgevit.converters.executorch_folding import fold_layer_norm_affine
+def _fold_layer_norm_affine(program: torch.export.ExportedProgram, trainable: bool) -> dict:
+    from edgevit.converters.executorch_folding import fold_layer_norm_affine, fold_layer_norm_affine_as_ops
 
-    return {"folded_layer_norm_affines": fold_layer_norm_affine(program)}
+    fold = fold_layer_norm_affine_as_ops if trainable else fold_layer_norm_affine
+    return {"folded_layer_norm_affines": fold(program)}
 
 
 # Exact rewrites of the float graph a converter makes before lowering, made before quantization instead where the
@@ -71,14 +72,17 @@ def _fold_layer_norm_affine(program: torch.export.ExportedProgram) -> dict:
 # `y * g + b` folded into the Linears that read it; in an int8 graph the q/dq between them kept 61 of TNT-Ti's
 # LayerNorm affines as two elementwise passes each (1.2 of 23 ms on one thread). The Linears then quantize the
 # normalised input and weights scaled by the gain per input feature, not the same values in another order.
+# `trainable` (QAT): the folded constants are computed in the graph from the parameters, which go on training.
 EXACT_REWRITES = {"executorch": _fold_layer_norm_affine}
 
 
-def exported_graph(model: nn.Module, example: torch.Tensor, target: str | None = None) -> torch.fx.GraphModule:
-    """The graph PT2E quantizes: `model` exported (non-strict, for speed), with `target`'s exact rewrites (what
-    they did in the graph's meta["rewrites"], for the manifest)."""
+def exported_graph(model: nn.Module, example: torch.Tensor, target: str | None = None,
+                   trainable: bool = False) -> torch.fx.GraphModule:
+    """The graph PT2E quantizes: `model` exported (non-strict, for speed) in its current mode, with `target`'s
+    exact rewrites (what they did in the graph's meta["rewrites"], for the manifest). The graph shares its
+    parameters with `model`."""
     program = torch.export.export(model, (example,), strict=False)
-    rewrites = EXACT_REWRITES[target](program) if target in EXACT_REWRITES else {}
+    rewrites = EXACT_REWRITES[target](program, trainable) if target in EXACT_REWRITES else {}
     graph = program.module()
     graph.meta["rewrites"] = rewrites
     return graph

@@ -3,7 +3,9 @@
     edgevit qat t2t_vit_7 --weights runs/t2t_vit_7/best.pt --target tflite      # -> runs/t2t_vit_7/qat-tflite/qat.pt
     edgevit convert t2t_vit_7 --weights runs/t2t_vit_7/qat-tflite/qat.pt --target tflite   # -> tflite-qat-int8
 
-The model is exported (in train mode, in the target's LayerNorm form) and prepared with the target's own PT2E
+The model is exported (in train mode, in the target's LayerNorm form, with its exact rewrites: for executorch
+the LayerNorm gains and shifts folded into the Linears that read them, computed in the graph from the live
+parameters, so the weight fake-quant sees the weights the .pte will hold) and prepared with the target's own PT2E
 quantizer in QAT mode, minus the float islands (`islands.quantizable`: only Linear/Conv get fake-quant):
 XNNPACK's for executorch; XNNPACK's with symmetric activations for onnx (the zero-point-free QDQ TensorRT's explicit
 quantization wants, per-channel symmetric weights like the ORT `int8` recipe); litert-torch's for tflite;
@@ -45,7 +47,7 @@ from torch import nn
 from edgevit.errors import EdgevitError
 
 from .islands import quantizable
-from .pt2e import QuantizedModel, with_float_islands
+from .pt2e import QuantizedModel, exported_graph, with_float_islands
 
 QAT_RECIPE = "qat-int8"
 KIND = "edgevit-qat"
@@ -148,8 +150,10 @@ def prepare(model: nn.Module, example: torch.Tensor, target: str, float_modules=
     quantizer = with_float_islands(qat_quantizer(target, batch_norm), quantizable(float_modules))
     try:
         with target_forms(model, get_target(target)), no_stochastic_depth(model):
-            graph = torch.export.export(model.train(), (example,), strict=False).module()
-        return prepare_qat_pt2e(graph, quantizer)
+            graph = exported_graph(model.train(), example, target, trainable=True)
+        prepared = prepare_qat_pt2e(graph, quantizer)
+        prepared.meta["rewrites"] = graph.meta["rewrites"]
+        return prepared
     except EdgevitError:
         raise
     except Exception as exc:
@@ -184,10 +188,15 @@ def converted(prepared: torch.fx.GraphModule, target: str, copy_first: bool = Tr
 
 
 def rebuild(model: nn.Module, example: torch.Tensor, target: str, qat_state: dict, float_modules=(),
-            origin: str = "qat.pt") -> QuantizedModel:
+            origin: str = "qat.pt", trained_rewrites: dict | None = None) -> QuantizedModel:
     """The quantized model for conversion: `model` (holding the fine-tuned float weights) prepared at `example`'s
-    batch size like during QAT, with the trained fake-quant state loaded, converted."""
+    batch size like during QAT, with the trained fake-quant state loaded, converted. `trained_rewrites`: the graph
+    rewrites the QAT graph had (qat.pt's metadata); the fake-quant ranges fit only a graph rewritten alike."""
     prepared = prepare(model, example, target, float_modules)
+    if trained_rewrites is not None and prepared.meta["rewrites"] != trained_rewrites:
+        raise EdgevitError(f"{origin} was trained on a {target} graph with other rewrites ({trained_rewrites or 'none'}) "
+                           f"than this edgevit makes ({prepared.meta['rewrites']}), so its fake-quant ranges do not "
+                           f"fit; run `edgevit qat` again here.")
     expected = set(fake_quant_state(prepared))
     if expected != set(qat_state):
         missing, unexpected = sorted(expected - set(qat_state)), sorted(set(qat_state) - expected)
@@ -200,7 +209,9 @@ def rebuild(model: nn.Module, example: torch.Tensor, target: str, qat_state: dic
         graph = converted(prepared, target, copy_first=False)
     except Exception as exc:
         raise EdgevitError(f"{origin}: cannot load its fake-quant state: {type(exc).__name__}: {exc}") from exc
-    return QuantizedModel(graph, model, QAT_RECIPE)
+    quantized = QuantizedModel(graph, model, QAT_RECIPE)
+    quantized.rewrites = prepared.meta.get("rewrites", {})
+    return quantized
 
 
 # --- qat.pt ------------------------------------------------------------------------------------------------------
@@ -459,7 +470,7 @@ def qat(model_name: str, weights: str | os.PathLike, target: str, data: str | No
                 "metrics": {key: after_int8[key] for key in ("top1", "top5", "test_loss")},
                 "qat": {"target": target, "recipe": QAT_RECIPE, "quantizer": QUANTIZERS[target],
                         "layer_norm": forms["layer_norm"], "conv": forms["conv"],
-                        "float_modules": list(float_modules), "data": data,
+                        "graph_rewrites": prepared.meta["rewrites"], "float_modules": list(float_modules), "data": data,
                         "train": train_set.name, "train_samples": len(train_set), "epochs": settings["epochs"],
                         "lr": settings["lr"], "batch_size": batch, "weight_decay": DEFAULTS["weight_decay"],
                         "label_smoothing": DEFAULTS["label_smoothing"], "calibration_batches": CALIBRATION_BATCHES,
@@ -487,7 +498,8 @@ def load(path, model_name: str | None = None) -> tuple[nn.Module, QuantizedModel
     model = create_model(model_name or metadata["variant"], weights=path)
     qat_info = metadata["qat"]
     quantized = rebuild(model, torch.zeros(1, *model.pretrained_cfg["input_size"]), qat_info["target"],
-                        load_qat_state(path), qat_info.get("float_modules") or (), origin=str(path))
+                        load_qat_state(path), qat_info.get("float_modules") or (), origin=str(path),
+                        trained_rewrites=qat_info.get("graph_rewrites", {}))
     return model, quantized
 
 

@@ -15,7 +15,8 @@ from edgevit.cli import main
 from edgevit.convert import convert
 from edgevit.data import fashion_mnist
 from edgevit.errors import EdgevitError
-from edgevit.quantization.qat import KIND, QAT_RECIPE, converted, float_origin, load, prepare, qat, read_qat
+from edgevit.quantization.qat import (KIND, QAT_RECIPE, converted, fake_quant_state, float_origin, load, prepare,
+                                      qat, read_qat, rebuild)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import TINY  # noqa: E402
@@ -67,6 +68,7 @@ def test_qat_checkpoint_converts_to_a_verified_int8_bundle(target, qat_runs, tmp
     info = metadata["qat"]
     assert info["target"] == target and info["recipe"] == QAT_RECIPE and info["train_samples"] == 128
     assert info["layer_norm"] == "native" and info["epochs"] == 1 and info["seed"] == 0
+    assert info["graph_rewrites"] == {}  # the LayerNorm fold is XNNPACK's only
     scores = info["metrics"]
     assert scores["test_samples"] == 64
     for entry in (scores["before"]["float"], scores["before"]["int8"], scores["after"]["int8"],
@@ -218,3 +220,61 @@ def test_stochastic_depth_is_not_traced_into_the_qat_graph():
     graph = converted(prepared, "executorch")
     with torch.no_grad():
         assert torch.equal(graph(x), graph(x))
+
+
+def test_executorch_qat_folds_layer_norm_affines_and_still_trains_them(tmp_path):
+    """The LayerNorm gains and shifts the .pte folds into Linears are folded in the QAT graph too, computed there
+    from the live parameters: the fake-quant sees the weights the .pte will hold, the gains still learn, and the
+    QAT .pte has the float .pte's elementwise passes, not two more per LayerNorm."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
+
+    from edgevit.converters import executorch as executorch_target
+    from edgevit.converters import target_forms
+    from edgevit.quantization.pt2e import QuantizedModel, exported_graph
+
+    torch.manual_seed(0)
+    model = TINY["tnt"]().eval()
+    for module in model.modules():  # away from 1 and 0, so an unfolded or lost affine shows
+        if isinstance(module, torch.nn.LayerNorm):
+            torch.nn.init.normal_(module.weight, 1.0, 0.3)
+            torch.nn.init.normal_(module.bias, 0.0, 0.3)
+    x = torch.randn(1, *model.pretrained_cfg["input_size"])
+    prepared = prepare(model, x, "executorch")
+    folded = prepared.meta["rewrites"]["folded_layer_norm_affines"]
+    with target_forms(model, executorch_target):
+        float_graph = exported_graph(model, x)
+        assert folded == exported_graph(model, x, "executorch").meta["rewrites"]["folded_layer_norm_affines"] > 0
+    float_muls = sum(str(node.target) == "aten.mul.Tensor" for node in float_graph.graph.nodes)
+
+    for module in prepared.modules():  # fake-quant off: the folded graph computes the float model
+        if isinstance(module, FakeQuantizeBase):
+            module.disable_fake_quant()
+            module.disable_observer()
+    move_exported_model_to_eval(prepared)
+    with torch.no_grad():
+        torch.testing.assert_close(prepared(x), model(x), rtol=1e-4, atol=1e-4)
+    move_exported_model_to_train(prepared)
+    prepared(x).sum().backward()
+    gains = [m.weight.grad for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert all(grad is not None and grad.abs().sum() > 0 for grad in gains)
+
+    for module in prepared.modules():
+        if isinstance(module, FakeQuantizeBase):
+            module.enable_fake_quant()
+            module.enable_observer()
+    with torch.no_grad():
+        prepared(x)
+    graph = converted(prepared, "executorch")
+    report = executorch_target.convert(QuantizedModel(graph, model, QAT_RECIPE), x, tmp_path / "model.pte")
+    delegation = report["delegation"]
+    assert delegation["partitions"] == 1 and delegation["undelegated_compute_ops"] == 0
+    assert delegation["delegated_ops"]["mul_tensor"] == float_muls - folded
+    assert "mv" not in delegation["delegated_ops"]  # the computed weights became int8 constants
+
+    # a qat.pt trained on the unfolded graph (before this fold, or with other rewrites) is refused, not misread
+    state = fake_quant_state(prepared)
+    with pytest.raises(EdgevitError, match="other rewrites .none.*run `edgevit qat` again"):
+        rebuild(model, x, "executorch", state, trained_rewrites={})
+    assert rebuild(model, x, "executorch", state, trained_rewrites=prepared.meta["rewrites"]).rewrites == \
+        {"folded_layer_norm_affines": folded}
