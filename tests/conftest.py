@@ -26,3 +26,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def seeded_torch():
+    """Every test starts from the same torch RNG state: the small random-init models of `helpers.TINY` (and any
+    random input) are the same whatever ran before, so a failure reproduces when the test is run alone."""
+    import torch
+
+    torch.manual_seed(0)
