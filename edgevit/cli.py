@@ -210,7 +210,7 @@ def cmd_qat(args: argparse.Namespace) -> int:
     result = qat(args.model, args.weights, args.target, data=args.data, data_dir=args.data_dir, epochs=args.epochs,
                  lr=args.lr, batch_size=args.batch_size, train_samples=args.train_samples,
                  eval_samples=args.eval_samples, seed=args.seed, device=args.device, out=args.out, force=args.force,
-                 float_modules=tuple(args.keep_float or ()), log=log)
+                 float_modules=tuple(args.keep_float or ()), distill=not args.labels, log=log)
     rows = [[e["epoch"], f"{e['train_loss']:.4f}", f"{e['test_loss']:.4f}", f"{e['top1']:.2f}", f"{e['top5']:.2f}",
              f"{e['seconds']:.1f}"] for e in result.metrics["metrics"]["epochs"]]
     print()
@@ -433,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune the float model of `edgevit train` with the target's int8 fake-quant (PT2E QAT: "
                     "XNNPACK's quantizer for executorch, XNNPACK's with symmetric activations for onnx QDQ, "
                     "litert-torch's for tflite, CoreMLQuantizer for coreml), LayerNorm, softmax, GELU, attention "
-                    "and the T2T Performer kept float, in the target's LayerNorm and conv forms. Reports test top-1 "
+                    "and the T2T Performer kept float, in the target's LayerNorm and conv forms, distilling the float "
+                    "model's own predictions (--labels: fitting the labels). Reports test top-1 "
                     "of the float model, of int8 with calibrated ranges and after each QAT epoch, and writes "
                     "OUT/qat.pt (fine-tuned float weights + fake-quant state + metadata) and OUT/metrics.json. "
                     "Convert it with `edgevit convert MODEL --weights OUT/qat.pt --target TARGET` (bundle "
@@ -459,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     qat_parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N [auto]")
     qat_parser.add_argument("--keep-float", action="append", metavar="MODULE",
                             help="keep this module (e.g. blocks.0.mlp.fc2) in float; repeatable")
+    qat_parser.add_argument("--labels", action="store_true",
+                            help="fine-tune on the labels (label smoothing 0.1) instead of distilling the float "
+                                 "model's predictions [distill]")
     qat_parser.add_argument("--out", metavar="DIR", help="output directory [the weights' folder/qat-TARGET]")
     qat_parser.add_argument("--force", action="store_true", help="replace an existing OUT/qat.pt")
     qat_parser.set_defaults(run=cmd_qat)

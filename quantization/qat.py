@@ -318,16 +318,30 @@ def _rounded(scores: dict) -> dict:
     return {key: round(value, 5) for key, value in scores.items()}
 
 
+DISTILL_LOSS = "distillation (cross-entropy against the float model's softmax on the same batch)"
+
+
+def _soft_targets(teacher: nn.Module, pairs, device: torch.device):
+    """(x, labels) batches -> (x, the teacher's class probabilities for x): CrossEntropyLoss takes them as targets."""
+    for x, _ in pairs:
+        with torch.no_grad():  # not around the yield: the student's step would run without gradients
+            targets = torch.softmax(teacher(x.to(device)).float(), dim=1)
+        yield x, targets
+
+
 def qat(model_name: str, weights: str | os.PathLike, target: str, data: str | None = None, *,
         data_dir: str | os.PathLike | None = None, epochs: int | None = None, lr: float | None = None,
         batch_size: int | None = None, train_samples: int | None = None, eval_samples: int | None = None,
         seed: int | None = None, device: str = "auto", out: str | os.PathLike | None = None, force: bool = False,
-        float_modules=(), log: Callable[[str], None] | None = _stderr) -> QatResult:
+        float_modules=(), distill: bool = True, log: Callable[[str], None] | None = _stderr) -> QatResult:
     """Quantization-aware fine-tuning of the float model `weights` (a `best.pt` of `edgevit train`) for `target`.
 
     `data` defaults to what the float model was trained on; `train_samples` / `eval_samples` take class-balanced
     subsets of the train / test split. Writes OUT/qat.pt and OUT/metrics.json (OUT defaults to the weights' folder
     / qat-TARGET; an existing qat.pt is refused unless `force`). Deterministic for a seed on the CPU.
+    `distill` (default): the loss is the cross-entropy against the float model's own predictions on the same
+    (augmented) batch, so fine-tuning learns to undo the quantization error, not to move the float model; False:
+    against the labels, with label smoothing, like `edgevit train`.
     """
     from edgevit.data.datasets import balanced_indices, check_compatible, load_images
     from edgevit.models import create_model
@@ -399,7 +413,8 @@ def qat(model_name: str, weights: str | os.PathLike, target: str, data: str | No
     flip = data not in NO_FLIP_SOURCES
     log(f"QAT of {name} ({weights}) for {target}: {QUANTIZERS[target]}; LayerNorm {forms['layer_norm']} form, "
         f"convs {forms['conv']}; {len(train_set)} {train_set.name} images x {settings['epochs']} epoch(s) at batch "
-        f"{batch}, lr {settings['lr']:g}, on {dev}; testing on {len(eval_set)} {eval_set.name} images")
+        f"{batch}, lr {settings['lr']:g}, loss {'distillation from the float model' if distill else 'labels'}, on "
+        f"{dev}; testing on {len(eval_set)} {eval_set.name} images")
 
     previous_determinism = (torch.are_deterministic_algorithms_enabled(),
                             torch.is_deterministic_algorithms_warn_only_enabled())
@@ -426,10 +441,12 @@ def qat(model_name: str, weights: str | os.PathLike, target: str, data: str | No
         log(f"int8 with calibrated ranges, before fine-tuning: top-1 {before_int8['top1']:.2f}%, top-5 "
             f"{before_int8['top5']:.2f}%")
 
+        # the teacher is a frozen copy: `prepared` shares and trains the parameters of `model`
+        teacher = copy.deepcopy(model).eval().requires_grad_(False) if distill else None
         optimizer = torch.optim.AdamW(_param_groups(prepared, DEFAULTS["weight_decay"]), lr=settings["lr"])
         warmup = max(1, round(WARMUP_FRACTION * total_steps))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, max(total_steps, 1)))
-        criterion = nn.CrossEntropyLoss(label_smoothing=DEFAULTS["label_smoothing"])
+        criterion = nn.CrossEntropyLoss(label_smoothing=0.0 if distill else DEFAULTS["label_smoothing"])
         after_int8 = before_int8
         for epoch in range(1, settings["epochs"] + 1):
             epoch_start = time.perf_counter()
@@ -437,8 +454,8 @@ def qat(model_name: str, weights: str | os.PathLike, target: str, data: str | No
             epoch_set = train_set.subset(rng.permutation(len(train_set)))
             epoch_set.images = augment_images(epoch_set.images, rng, pad, flip)
             move_exported_model_to_train(prepared)
-            train_loss, losses = run_epoch(prepared, ((x, y) for x, y, _ in _static_batches(epoch_set, cfg, batch,
-                                                                                             drop_last=True)),
+            pairs = ((x, y) for x, y, _ in _static_batches(epoch_set, cfg, batch, drop_last=True))
+            train_loss, losses = run_epoch(prepared, _soft_targets(teacher, pairs, dev) if distill else pairs,
                                            criterion, optimizer, scheduler, dev,
                                            f"QAT epoch {epoch}/{settings['epochs']}", steps_per_epoch,
                                            f"QAT at epoch {epoch}")
@@ -473,7 +490,8 @@ def qat(model_name: str, weights: str | os.PathLike, target: str, data: str | No
                         "graph_rewrites": prepared.meta["rewrites"], "float_modules": list(float_modules), "data": data,
                         "train": train_set.name, "train_samples": len(train_set), "epochs": settings["epochs"],
                         "lr": settings["lr"], "batch_size": batch, "weight_decay": DEFAULTS["weight_decay"],
-                        "label_smoothing": DEFAULTS["label_smoothing"], "calibration_batches": CALIBRATION_BATCHES,
+                        "loss": DISTILL_LOSS if distill else "labels",
+                        "label_smoothing": 0.0 if distill else DEFAULTS["label_smoothing"], "calibration_batches": CALIBRATION_BATCHES,
                         "seed": settings["seed"], "device": str(dev), "seconds": seconds,
                         "from_checkpoint": str(weights), "from_sha256": sha256_of(weights),
                         "from_metrics": trained.get("metrics"), "metrics": qat_metrics,

@@ -69,6 +69,7 @@ def test_qat_checkpoint_converts_to_a_verified_int8_bundle(target, qat_runs, tmp
     assert info["target"] == target and info["recipe"] == QAT_RECIPE and info["train_samples"] == 128
     assert info["layer_norm"] == "native" and info["epochs"] == 1 and info["seed"] == 0
     assert info["graph_rewrites"] == {}  # the LayerNorm fold is XNNPACK's only
+    assert info["loss"].startswith("distillation") and info["label_smoothing"] == 0.0
     scores = info["metrics"]
     assert scores["test_samples"] == 64
     for entry in (scores["before"]["float"], scores["before"]["int8"], scores["after"]["int8"],
