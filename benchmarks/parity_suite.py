@@ -114,7 +114,8 @@ def _add_qat_rows(name: str, run: Path, weights: Path, out: Path, command: str, 
         report = parity(name, checkpoint, targets=[target], calib_samples=args.calib_samples,
                         eval_samples=eval_images, threads=args.threads, reference_weights=weights,
                         out=run / "parity" / f"qat-{target}", log=print)
-        loss = "on the labels" if trained.get("loss", "labels") == "labels" else "distilling best.pt's predictions"
+        distilled = trained.get("loss", "labels") != "labels"
+        loss = "distilling best.pt's predictions" if distilled else "on the labels"
         details = (f"`edgevit qat` fine-tuned best.pt for {trained['epochs']} epoch(s) on {trained['train_samples']} "
                    f"class-balanced training images, {loss} (lr {trained['lr']:g}, {trained['seconds'] / 60:.0f} min on "
                    f"{trained['device']}); drop, agreement and cosine are against the same float best.pt as the "

@@ -194,8 +194,8 @@ def rebuild(model: nn.Module, example: torch.Tensor, target: str, qat_state: dic
     rewrites the QAT graph had (qat.pt's metadata); the fake-quant ranges fit only a graph rewritten alike."""
     prepared = prepare(model, example, target, float_modules)
     if trained_rewrites is not None and prepared.meta["rewrites"] != trained_rewrites:
-        raise EdgevitError(f"{origin} was trained on a {target} graph with other rewrites ({trained_rewrites or 'none'}) "
-                           f"than this edgevit makes ({prepared.meta['rewrites']}), so its fake-quant ranges do not "
+        raise EdgevitError(f"{origin} was trained on a {target} graph with other rewrites "
+                           f"({trained_rewrites or 'none'}) than this edgevit makes ({prepared.meta['rewrites']}), so its fake-quant ranges do not "
                            f"fit; run `edgevit qat` again here.")
     expected = set(fake_quant_state(prepared))
     if expected != set(qat_state):
@@ -487,11 +487,13 @@ def qat(model_name: str, weights: str | os.PathLike, target: str, data: str | No
                 "metrics": {key: after_int8[key] for key in ("top1", "top5", "test_loss")},
                 "qat": {"target": target, "recipe": QAT_RECIPE, "quantizer": QUANTIZERS[target],
                         "layer_norm": forms["layer_norm"], "conv": forms["conv"],
-                        "graph_rewrites": prepared.meta["rewrites"], "float_modules": list(float_modules), "data": data,
+                        "graph_rewrites": prepared.meta["rewrites"], "float_modules": list(float_modules),
+                        "data": data,
                         "train": train_set.name, "train_samples": len(train_set), "epochs": settings["epochs"],
                         "lr": settings["lr"], "batch_size": batch, "weight_decay": DEFAULTS["weight_decay"],
                         "loss": DISTILL_LOSS if distill else "labels",
-                        "label_smoothing": 0.0 if distill else DEFAULTS["label_smoothing"], "calibration_batches": CALIBRATION_BATCHES,
+                        "label_smoothing": 0.0 if distill else DEFAULTS["label_smoothing"],
+                        "calibration_batches": CALIBRATION_BATCHES,
                         "seed": settings["seed"], "device": str(dev), "seconds": seconds,
                         "from_checkpoint": str(weights), "from_sha256": sha256_of(weights),
                         "from_metrics": trained.get("metrics"), "metrics": qat_metrics,
