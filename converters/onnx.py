@@ -55,6 +55,7 @@ def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: 
         program = torch.onnx.export(model.eval(), (example,), dynamo=True, input_names=[INPUT_NAME],
                                     output_names=[OUTPUT_NAME], opset_version=opset, verbose=False)
     graph = program.model_proto
+    float32_nodes = _float32_island_nodes(graph)  # before onnxsim, which drops the exporter's module metadata
     if simplify:
         import onnxsim
         simplified, ok = onnxsim.simplify(graph)
@@ -63,10 +64,66 @@ def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: 
     if precision == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
         # float I/O keeps the app code unchanged; LayerNormalization statistics stay fp32 inside the op
-        graph = convert_float_to_float16(graph, keep_io_types=True)
+        graph = convert_float_to_float16(graph, keep_io_types=True, node_block_list=float32_nodes)
+        _join_float32_islands(graph)
     separate_qdq_parameters(graph)  # after onnxsim, which may share equal constants again
     onnx.save(graph, str(artifact))
     return inspect(artifact)
+
+
+def _float32_island_nodes(graph) -> list[str]:
+    """Names of the nodes computed in the own code of a module that must stay float32 (`FLOAT32_MODULES`: the T2T
+    Performer), from the class hierarchy the dynamo exporter records per node: the fp16 conversion keeps them
+    float32, as PyTorch does under `.half()`. Without it exp(cap) was inf in fp16 and T2T-ViT-7's ONNX fp16 gave
+    NaN logits on 1.3 % of Fashion-MNIST test images."""
+    import ast
+
+    from edgevit.models.t2t import FLOAT32_MODULES
+
+    names = []
+    for node in graph.graph.node:
+        meta = {prop.key: prop.value for prop in node.metadata_props}
+        hierarchy = ast.literal_eval(meta.get("pkg.torch.onnx.class_hierarchy", "[]"))
+        modules = [kind for kind in hierarchy if not kind.startswith("aten.")]
+        if modules and modules[-1].rsplit(".", 1)[-1] in FLOAT32_MODULES:
+            names.append(node.name)
+    return names
+
+
+def _join_float32_islands(graph) -> int:
+    """onnxruntime's fp16 converter wraps each blocked node in Casts of its own, so a value passing from one
+    float32 node to the next still goes through fp16 (exp(80) became inf there), and one tensor read by two
+    blocked nodes gets two Casts of the same name (an invalid model). Each fp16 -> fp32 Cast of an fp32 -> fp16
+    Cast reads the float32 original instead, exactly; Casts nothing reads any more go. Returns the Casts removed."""
+    from onnx import TensorProto
+
+    def is_cast(node, to) -> bool:
+        return node.op_type == "Cast" and any(a.name == "to" and a.i == to for a in node.attribute)
+
+    producer = {output: node for node in graph.graph.node for output in node.output}
+    original = {}
+    for node in graph.graph.node:
+        source = producer.get(node.input[0]) if node.input else None
+        if is_cast(node, TensorProto.FLOAT) and source is not None and is_cast(source, TensorProto.FLOAT16):
+            original[node.output[0]] = source.input[0]
+    for node in graph.graph.node:
+        for index, name in enumerate(node.input):
+            if name in original:
+                node.input[index] = original[name]
+    removed = 0
+    while True:
+        read = {name for node in graph.graph.node for name in node.input} | {o.name for o in graph.graph.output}
+        kept, defined = [], set()
+        for node in graph.graph.node:
+            if node.op_type == "Cast" and (node.output[0] not in read or node.output[0] in defined):
+                continue
+            defined.update(node.output)
+            kept.append(node)
+        if len(kept) == len(graph.graph.node):
+            return removed
+        removed += len(graph.graph.node) - len(kept)
+        del graph.graph.node[:]
+        graph.graph.node.extend(kept)
 
 
 def separate_qdq_parameters(graph) -> int:

@@ -11,6 +11,7 @@ from typing import Callable, Iterable
 import torch.nn as nn
 
 from edgevit.models.layers import LayerNorm, OneHotUnfold, SeparableResize
+from edgevit.models.t2t import FLOAT32_MODULES
 
 # everything computed inside them. OneHotUnfold (T2T's soft split as a conv with one-hot kernels) and
 # SeparableResize (CrossViT's resize as matmuls) only move pixels: int8 there loses precision and saves nothing
@@ -18,7 +19,7 @@ from edgevit.models.layers import LayerNorm, OneHotUnfold, SeparableResize
 ALWAYS_FLOAT_TYPES = (LayerNorm, nn.LayerNorm, nn.Softmax, OneHotUnfold, SeparableResize)
 # ops written directly in these modules' own code (not in their child Linears): the T2T Performer's prm_exp runs
 # F.linear on a random-feature buffer and exp() on the result
-FLOAT_OWN_OPS = ("TokenPerformer",)
+FLOAT_OWN_OPS = FLOAT32_MODULES
 
 
 def module_path(node) -> list[tuple[str, type | str]]:

@@ -91,6 +91,9 @@ VARIANTS = {
         description="T2T-ViT-14-wide: D=768, 4 blocks (wide-ResNet-style), no published weights"),
 }
 
+# modules whose own code (not their child Linears) must run in float32 whatever the model's precision: the
+# Performer's random features, exp and normaliser overflow fp16 (exp(cap) is inf there)
+FLOAT32_MODULES = ("TokenPerformer",)
 PERFORMER_EPSILON = 1e-8  # official value; enters the shifted form below as log(m * eps) - shifts, exactly
 EPSILON_EXPONENT_CAP = 80.0  # exp(80) ~ 5.5e34, below float32's max (exp(88.7))
 

@@ -30,6 +30,35 @@ def test_runs_in_onnxruntime_and_tensorrt_friendly(tmp_path, family, precision, 
     assert np.abs(onnx_target.run(artifact, images) - expected).max() < budget
 
 
+def test_fp16_keeps_the_performer_float32_end_to_end(tmp_path):
+    """The T2T Performer's own ops stay float32 in the fp16 graph, values passing between them included: its
+    epsilon term exp(80) is inf in fp16, which made NaN logits (T2T-ViT-7 on 1.3 % of Fashion-MNIST test images)."""
+    import onnx
+    from onnx import TensorProto
+
+    model = TINY["t2t_performer"]().eval()
+    with torch.no_grad():  # epsilon exponents at the cap: a fp16 round trip of exp(80) shows as inf/NaN
+        model.tokens_to_token.attention1.kqv.weight.mul_(8.0)
+    shape = model.pretrained_cfg["input_size"]
+    artifact = tmp_path / onnx_target.ARTIFACT
+    onnx_target.convert(model, torch.zeros(1, *shape), artifact, precision="fp16")
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(artifact))).graph
+    producer = {output: node for node in graph.node for output in node.output}
+    dtypes = {info.name: info.type.tensor_type.elem_type for info in graph.value_info}
+
+    def casts_to(node, to):
+        return node is not None and node.op_type == "Cast" and node.attribute[0].i == to
+    exps = [node for node in graph.node if node.op_type == "Exp"]
+    assert exps and all(dtypes[node.output[0]] == TensorProto.FLOAT for node in exps)
+    assert not any(casts_to(node, TensorProto.FLOAT) and casts_to(producer.get(node.input[0]), TensorProto.FLOAT16)
+                   for node in graph.node)  # no fp32 -> fp16 -> fp32 round trip left
+    images = np.random.default_rng(0).standard_normal((2, *shape)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images)).numpy()
+    got = onnx_target.run(artifact, images)
+    assert np.isfinite(got).all() and np.abs(got - expected).max() < 5e-2
+
+
 def test_old_opset_is_refused(tmp_path):
     with pytest.raises(EdgevitError, match="opset 17 is too old"):
         onnx_target.convert(TINY["tnt"](), torch.zeros(1, 3, 32, 32), tmp_path / "m.onnx", opset=17)
