@@ -86,8 +86,7 @@ def fold_layer_norm_affine_as_ops(program: torch.export.ExportedProgram) -> int:
                 if bias is not None:
                     shifted = _call(graph, _aten.add.Tensor, shifted, bias)
             linear.args = (y, scaled, shifted)
-        graph.erase_node(shift)
-        graph.erase_node(scale)
+        _erase_affine(program, shift, scale, g, b)  # g and b stay: the computed weights read them
         folded += 1
     if folded:
         program.graph_module.recompile()

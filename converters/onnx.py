@@ -55,7 +55,8 @@ def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: 
         program = torch.onnx.export(model.eval(), (example,), dynamo=True, input_names=[INPUT_NAME],
                                     output_names=[OUTPUT_NAME], opset_version=opset, verbose=False)
     graph = program.model_proto
-    float32_nodes = _float32_island_nodes(graph)  # before onnxsim, which drops the exporter's module metadata
+    # before onnxsim, which drops the exporter's module metadata
+    float32_nodes = _float32_island_nodes(graph) if precision == "fp16" else []
     if simplify:
         import onnxsim
         simplified, ok = onnxsim.simplify(graph)
