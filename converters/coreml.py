@@ -2,7 +2,7 @@
 
 The package is what an iOS / macOS app loads with `MLModel` (or Vision's `VNCoreMLRequest` when it is built with
 `image_input=True, labels=[...]`): static batch-1 shapes, native MIL `layer_norm`, `gelu` and `softmax`, fp16
-compute by default (what the Neural Engine runs). The TorchScript frontend is never used: it crashes under
+compute by default (what the Neural Engine runs; the T2T Performer's own ops stay float32). The TorchScript frontend is never used: it crashes under
 numpy >= 2.4 on any shape arithmetic (apple/coremltools#2633).
 
 Conversion and inspection work on Linux; Core ML itself exists only on macOS, so `run` raises
@@ -173,7 +173,6 @@ def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: 
     outputs = [ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)]
     if classifier:
         outputs.append(ct.TensorType(name=PROBABILITIES_NAME, dtype=np.float32))
-    compute_precision = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
 
     started = time.perf_counter()
     try:
@@ -182,6 +181,7 @@ def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: 
     except Exception as exc:  # noqa: BLE001 - any toolchain failure becomes a stage error
         raise _stage_error("export", exc) from exc
     exported = time.perf_counter()
+    compute_precision = _fp16_but_float32_modules(ct, program) if precision == "fp16" else ct.precision.FLOAT32
     try:
         if not classifier:
             mlmodel = ct.convert(program, convert_to="mlprogram", inputs=inputs, outputs=outputs,
@@ -232,6 +232,31 @@ def convert(model: nn.Module, example: torch.Tensor, artifact: Path, precision: 
     report["seconds"] = {"export": round(exported - started, 2), "convert": round(converted - exported, 2),
                          "serialize": round(saved - converted, 2)}
     return report
+
+
+def _fp16_but_float32_modules(ct, program):
+    """fp16 compute for every op but those in the own code of `FLOAT32_MODULES` (the T2T Performer: exp(cap) is
+    inf in fp16; ONNX fp16 without this island gave NaN logits on 1.3 % of T2T-ViT-7's test images).
+
+    coremltools keeps no module of an op, only the `stack_trace` of the torch node it came from (also on ops its
+    passes fuse or rewrite): the island is the stack traces that only Performer-own nodes have."""
+    from coremltools.converters.mil.mil.scope import ScopeSource
+
+    from ..quantization.islands import in_float32_module_code
+
+    island, rest = set(), set()
+    for node in program.graph.nodes:
+        if node.op == "call_function" and node.meta.get("stack_trace"):
+            (island if in_float32_module_code(node) else rest).add(node.meta["stack_trace"])
+    island -= rest
+    if not island:
+        return ct.precision.FLOAT16
+
+    def to_fp16(op) -> bool:
+        trace = op.scopes.get(ScopeSource.EXIR_STACK_TRACE) or [None]
+        return trace[0] not in island
+
+    return ct.transform.FP16ComputePrecision(op_selector=to_fp16)
 
 
 def _convert_classifier(ct, program, inputs, outputs, labels, target, compute_precision, units):
@@ -345,6 +370,12 @@ def _walk(block):
             yield from _walk(inner)
 
 
+def _is_fp32(var) -> bool:
+    from coremltools.converters.mil.mil import types
+
+    return types.is_tensor(var.sym_type) and var.dtype == types.fp32
+
+
 def _target_name(spec_version: int) -> str | None:
     import coremltools as ct
 
@@ -380,6 +411,8 @@ def inspect(artifact: Path) -> dict:
     metadata = dict(mlmodel.user_defined_metadata)
     computed = [op for op in ops if op != "const"]
     fp16 = weights.get("float16", 0) > weights.get("float32", 0)
+    float32_ops = Counter(op.op_type for op in _walk(program.functions["main"]) if fp16 and op.op_type not in
+                          ("const", "cast") and any(_is_fp32(var) for var in op.outputs))
     problems = list(unclean) + ([f"rank {max_rank} tensors"] if max_rank > MAX_RANK else [])
     return {
         "spec_version": spec.specificationVersion,
@@ -393,6 +426,7 @@ def inspect(artifact: Path) -> dict:
         "short_description": description.metadata.shortDescription,
         "metadata": metadata,
         "compute_precision": "fp16" if fp16 else "fp32",
+        "float32_ops": dict(sorted(float32_ops.items())),  # in an fp16 program: the float32 islands
         "ops": dict(sorted(ops.items())),
         "num_ops": sum(ops[op] for op in computed),
         "max_rank": max_rank,

@@ -32,10 +32,17 @@ def _type_name(kind) -> str:
     return kind.__name__ if isinstance(kind, type) else str(kind).rsplit(".", 1)[-1].strip("'>")
 
 
+def in_float32_module_code(node) -> bool:
+    """Whether a graph node is written in the own code of a module that computes in float32 at every precision
+    (`FLOAT32_MODULES`, the T2T Performer), not in one of its child Linears."""
+    path = module_path(node)
+    return bool(path) and _type_name(path[-1][1]) in FLOAT_OWN_OPS
+
+
 def is_always_float(node) -> bool:
     path = [_type_name(kind) for _, kind in module_path(node)]
     float_types = {t.__name__ for t in ALWAYS_FLOAT_TYPES}
-    return any(name in float_types for name in path) or bool(path and path[-1] in FLOAT_OWN_OPS)
+    return any(name in float_types for name in path) or in_float32_module_code(node)
 
 
 # the only ops that go to int8: their weights hold the bytes and their GEMMs the time. Quantizers would also

@@ -76,8 +76,11 @@ def test_small_configurations_convert_clean(converted, family, precision):
     assert report["compute_precision"] == precision
     weights = report["const_bytes_by_dtype"]
     if precision == "fp16":
-        assert weights.get("float16", 0) > 0 and weights.get("float32", 0) == 0, weights
-        assert ops.get("cast", 0) == 2, "fp16 models should cast only at the float32 input and output"
+        island = report["float32_ops"]  # the T2T Performer's own ops only (test_fp16_keeps_the_performer_float32)
+        assert bool(island) is (family == "t2t_performer"), island
+        assert weights.get("float16", 0) > 0 and (weights.get("float32", 0) > 0) is bool(island), weights
+        if not island:
+            assert ops.get("cast", 0) == 2, "fp16 models should cast only at the float32 input and output"
     else:
         assert weights.get("float32", 0) > 0 and weights.get("float16", 0) == 0, weights
     assert report["author"] == "edgevit" and type(TINY[family]()).__name__ in report["short_description"]
@@ -103,6 +106,18 @@ def test_package_reloads_and_fp16_halves_the_weights(converted, family):
     ratio = fp16[1]["weight_bytes"] / fp32[1]["weight_bytes"]
     assert 0.4 < ratio < 0.6, ratio
     assert fp16[1]["ops"].keys() - {"cast"} == fp32[1]["ops"].keys()
+
+
+def test_fp16_keeps_the_performer_float32(converted):
+    """The T2T Performer's own ops (random features, exp, normaliser) compute in float32 inside the fp16 program,
+    as in the ONNX fp16 graph: exp(80) is inf in fp16. Every other op and every other family stays fp16."""
+    report = converted("t2t_performer", "fp16")[1]
+    float32 = report["float32_ops"]  # read back from the saved package
+    assert report["ops"]["exp"] >= 2 and float32["exp"] == report["ops"]["exp"]
+    assert float32.get("linear", 0) < report["ops"]["linear"]  # the Performer's child Linears are fp16
+    assert "layer_norm" not in float32 and "softmax" not in float32
+    for family in ("tnt", "nest_same", "crossvit"):
+        assert converted(family, "fp16")[1]["float32_ops"] == {}
 
 
 def test_image_input_and_labels_make_a_vision_classifier(tmp_path):
