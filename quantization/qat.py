@@ -60,6 +60,7 @@ QUANTIZERS = {
     "tflite": "litert-torch PT2EQuantizer, per-channel symmetric int8 weights, per-tensor affine int8 activations",
     "coreml": "CoreMLQuantizer (w8a8: symmetric per-channel int8 weights, uint8 activations), iOS 17+",
 }
+PTQ_RECIPES = {"executorch": "int8", "onnx": "int8", "tflite": "int8", "coreml": "w8a8"}  # the same quantizers, calibrated
 FOLD_QUANTIZE = {"tflite": False}  # litert-torch reads the quantize/dequantize pairs itself
 CONVERTER_OPTIONS = {"coreml": {"minimum_target": "iOS17"}}
 CALIBRATION_BATCHES = 8  # no-grad batches that set the fake-quant ranges before the first weight update
@@ -524,11 +525,17 @@ def load(path, model_name: str | None = None) -> tuple[nn.Module, QuantizedModel
 
 
 def summary(metrics: dict) -> str:
-    """One line for the CLI."""
+    """The CLI's result line, and advice when fine-tuning lost to its own calibrated start."""
     m = metrics["metrics"]
-    return (f"top-1 float {m['before']['float']['top1']:.2f}% -> int8 calibrated {m['before']['int8']['top1']:.2f}% "
+    line = (f"top-1 float {m['before']['float']['top1']:.2f}% -> int8 calibrated {m['before']['int8']['top1']:.2f}% "
             f"-> QAT {m['after']['int8']['top1']:.2f}% (fine-tuned float {m['after']['float']['top1']:.2f}%) on "
             f"{m['test_samples']} {m['test']} images")
+    if m["after"]["int8"]["top1"] < m["before"]["int8"]["top1"]:
+        ptq = PTQ_RECIPES[metrics["target"]]
+        line += (f"\nQAT ended below its calibrated start: on these images the post-training recipe (`edgevit convert "
+                 f"{metrics['model']} --target {metrics['target']} --quantize {ptq} --calib ...`) is the better "
+                 "artifact; or fine-tune longer (--epochs, --train-samples)")
+    return line
 
 
 __all__ = ["QAT_RECIPE", "QatResult", "float_origin", "load", "qat", "qat_quantizer", "read_qat", "rebuild"]

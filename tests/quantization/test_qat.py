@@ -279,3 +279,20 @@ def test_executorch_qat_folds_layer_norm_affines_and_still_trains_them(tmp_path)
         rebuild(model, x, "executorch", state, trained_rewrites={})
     assert rebuild(model, x, "executorch", state, trained_rewrites=prepared.meta["rewrites"]).rewrites == \
         {"folded_layer_norm_affines": folded}
+
+
+def test_summary_advises_ptq_when_qat_lost_to_its_calibrated_start():
+    from edgevit.quantization.qat import PTQ_RECIPES, TARGETS, summary
+    from edgevit.quantization.recipes import RECIPES
+
+    assert all((target, PTQ_RECIPES[target]) in RECIPES for target in TARGETS)
+
+    def metrics(calibrated: float, after: float) -> dict:
+        scores = lambda top1: {"top1": top1}  # noqa: E731
+        return {"model": MODEL, "target": "tflite", "metrics": {
+            "before": {"float": scores(75.0), "int8": scores(calibrated)},
+            "after": {"float": scores(74.9), "int8": scores(after)}, "test_samples": 2000, "test": "fashion-mnist/test"}}
+
+    assert "\n" not in summary(metrics(74.6, 74.8))
+    advice = summary(metrics(74.6, 74.5)).splitlines()[1]
+    assert "below its calibrated start" in advice and f"edgevit convert {MODEL} --target tflite --quantize int8" in advice
