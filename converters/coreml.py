@@ -2,8 +2,8 @@
 
 The package is what an iOS / macOS app loads with `MLModel` (or Vision's `VNCoreMLRequest` when it is built with
 `image_input=True, labels=[...]`): static batch-1 shapes, native MIL `layer_norm`, `gelu` and `softmax`, fp16
-compute by default (what the Neural Engine runs; the T2T Performer's own ops stay float32). The TorchScript frontend is never used: it crashes under
-numpy >= 2.4 on any shape arithmetic (apple/coremltools#2633).
+compute by default (what the Neural Engine runs; the T2T Performer's own ops stay float32). The TorchScript
+frontend is never used: it crashes under numpy >= 2.4 on any shape arithmetic (apple/coremltools#2633).
 
 Conversion and inspection work on Linux; Core ML itself exists only on macOS, so `run` raises
 `RuntimeUnavailable` elsewhere and `inspect` reports `"numerics_run": False`.

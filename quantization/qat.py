@@ -60,7 +60,8 @@ QUANTIZERS = {
     "tflite": "litert-torch PT2EQuantizer, per-channel symmetric int8 weights, per-tensor affine int8 activations",
     "coreml": "CoreMLQuantizer (w8a8: symmetric per-channel int8 weights, uint8 activations), iOS 17+",
 }
-PTQ_RECIPES = {"executorch": "int8", "onnx": "int8", "tflite": "int8", "coreml": "w8a8"}  # the same quantizers, calibrated
+# the post-training recipe of each target: the same quantizer, calibrated only
+PTQ_RECIPES = {"executorch": "int8", "onnx": "int8", "tflite": "int8", "coreml": "w8a8"}
 FOLD_QUANTIZE = {"tflite": False}  # litert-torch reads the quantize/dequantize pairs itself
 CONVERTER_OPTIONS = {"coreml": {"minimum_target": "iOS17"}}
 CALIBRATION_BATCHES = 8  # no-grad batches that set the fake-quant ranges before the first weight update

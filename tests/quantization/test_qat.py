@@ -291,8 +291,10 @@ def test_summary_advises_ptq_when_qat_lost_to_its_calibrated_start():
         scores = lambda top1: {"top1": top1}  # noqa: E731
         return {"model": MODEL, "target": "tflite", "metrics": {
             "before": {"float": scores(75.0), "int8": scores(calibrated)},
-            "after": {"float": scores(74.9), "int8": scores(after)}, "test_samples": 2000, "test": "fashion-mnist/test"}}
+            "after": {"float": scores(74.9), "int8": scores(after)},
+            "test_samples": 2000, "test": "fashion-mnist/test"}}
 
     assert "\n" not in summary(metrics(74.6, 74.8))
     advice = summary(metrics(74.6, 74.5)).splitlines()[1]
-    assert "below its calibrated start" in advice and f"edgevit convert {MODEL} --target tflite --quantize int8" in advice
+    assert "below its calibrated start" in advice
+    assert f"edgevit convert {MODEL} --target tflite --quantize int8" in advice
