@@ -117,9 +117,9 @@ def _add_qat_rows(name: str, run: Path, weights: Path, out: Path, command: str, 
         distilled = trained.get("loss", "labels") != "labels"
         loss = "distilling best.pt's predictions" if distilled else "on the labels"
         details = (f"`edgevit qat` fine-tuned best.pt for {trained['epochs']} epoch(s) on {trained['train_samples']} "
-                   f"class-balanced training images, {loss} (lr {trained['lr']:g}, {trained['seconds'] / 60:.0f} min on "
-                   f"{trained['device']}); drop, agreement and cosine are against the same float best.pt as the "
-                   "other rows.")
+                   f"class-balanced training images, {loss} (lr {trained['lr']:g}, "
+                   f"{trained['seconds'] / 60:.0f} min on {trained['device']}); drop, agreement and cosine are against "
+                   "the same float best.pt as the other rows.")
         merged, section = _updated(out / "parity" / name, report,
                                    f"QAT added {datetime.date.today()} with `{command}`", details)
         (out / "parity" / f"{name}.json").write_text(json.dumps(merged.to_dict(), indent=1))

@@ -411,8 +411,8 @@ def inspect(artifact: Path) -> dict:
     metadata = dict(mlmodel.user_defined_metadata)
     computed = [op for op in ops if op != "const"]
     fp16 = weights.get("float16", 0) > weights.get("float32", 0)
-    float32_ops = Counter(op.op_type for op in _walk(program.functions["main"]) if fp16 and op.op_type not in
-                          ("const", "cast") and any(_is_fp32(var) for var in op.outputs))
+    float32_ops = Counter(op.op_type for op in _walk(program.functions["main"])
+                          if op.op_type not in ("const", "cast") and any(map(_is_fp32, op.outputs))) if fp16 else {}
     problems = list(unclean) + ([f"rank {max_rank} tensors"] if max_rank > MAX_RANK else [])
     return {
         "spec_version": spec.specificationVersion,

@@ -17,9 +17,6 @@ from edgevit.models.t2t import FLOAT32_MODULES
 # SeparableResize (CrossViT's resize as matmuls) only move pixels: int8 there loses precision and saves nothing
 # (parity measured T2T's soft split as the most sensitive layer when quantized)
 ALWAYS_FLOAT_TYPES = (LayerNorm, nn.LayerNorm, nn.Softmax, OneHotUnfold, SeparableResize)
-# ops written directly in these modules' own code (not in their child Linears): the T2T Performer's prm_exp runs
-# F.linear on a random-feature buffer and exp() on the result
-FLOAT_OWN_OPS = FLOAT32_MODULES
 
 
 def module_path(node) -> list[tuple[str, type | str]]:
@@ -34,9 +31,10 @@ def _type_name(kind) -> str:
 
 def in_float32_module_code(node) -> bool:
     """Whether a graph node is written in the own code of a module that computes in float32 at every precision
-    (`FLOAT32_MODULES`, the T2T Performer), not in one of its child Linears."""
+    (`FLOAT32_MODULES`, the T2T Performer: its prm_exp runs F.linear on a random-feature buffer and exp() on the
+    result), not in one of its child Linears."""
     path = module_path(node)
-    return bool(path) and _type_name(path[-1][1]) in FLOAT_OWN_OPS
+    return bool(path) and _type_name(path[-1][1]) in FLOAT32_MODULES
 
 
 def is_always_float(node) -> bool:

@@ -197,8 +197,8 @@ def rebuild(model: nn.Module, example: torch.Tensor, target: str, qat_state: dic
     prepared = prepare(model, example, target, float_modules)
     if trained_rewrites is not None and prepared.meta["rewrites"] != trained_rewrites:
         raise EdgevitError(f"{origin} was trained on a {target} graph with other rewrites "
-                           f"({trained_rewrites or 'none'}) than this edgevit makes ({prepared.meta['rewrites']}), so its fake-quant ranges do not "
-                           f"fit; run `edgevit qat` again here.")
+                           f"({trained_rewrites or 'none'}) than this edgevit makes ({prepared.meta['rewrites']}), "
+                           "so its fake-quant ranges do not fit; run `edgevit qat` again here.")
     expected = set(fake_quant_state(prepared))
     if expected != set(qat_state):
         missing, unexpected = sorted(expected - set(qat_state)), sorted(set(qat_state) - expected)
