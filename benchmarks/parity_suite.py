@@ -7,7 +7,7 @@ scored against it on the whole test split, each artifact in its own runtime.
 
 Float runs go to runs/suite/MODEL (git-ignored; `edgevit train` with the settings below, skipped when best.pt is
 there), bundles to runs/suite/MODEL/parity/bundles; OUT/parity/MODEL.{json,md} and OUT/parity.md are the results.
-Equivalent per model: `edgevit train MODEL --img-size 32 --train-samples N --epochs E --batch-size B --out
+Equivalent per model: `edgevit train MODEL --img-size 32 --epochs E --batch-size B --precision P --out
 runs/suite/MODEL` then `edgevit parity MODEL --weights runs/suite/MODEL/best.pt --targets all --precisions fp32
 fp16 --quantize RECIPES...`. QAT rows: `edgevit qat MODEL --weights runs/suite/MODEL/best.pt --target T
 --epochs E --train-samples N` (to runs/suite/MODEL/qat-T/qat.pt), then `edgevit parity MODEL --weights
@@ -27,7 +27,7 @@ from edgevit.converters import resolve_targets
 from edgevit.parity import ParityReport, markdown, parity
 from edgevit.quantization.qat import qat
 from edgevit.quantization.recipes import RECIPES
-from edgevit.train import train
+from edgevit.train import bf16_matmuls_are_fast, resolve_device, train
 
 MODELS = ("tnt_ti", "t2t_vit_7", "nest_tiny", "crossvit_tiny_240")
 RUNS = Path("runs/suite")
@@ -37,8 +37,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--train-samples", type=int, default=15000, help="class-balanced training images [15000]")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--train-samples", type=int, default=None,
+                        help="class-balanced training images [all 60,000]")
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs [10]")
+    parser.add_argument("--train-precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="float training's forward passes [auto: bf16 autocast where matmuls are fast in bf16 "
+                             "(AMX, AVX512-BF16, GPUs), else fp32]; the scored weights are fp32 either way")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--skip-train", action="store_true", help="score only models already trained")
     parser.add_argument("--eval-samples", type=int, default=None, help="test images [the whole test split]")
@@ -73,7 +77,8 @@ def main(argv=None) -> int:
                 print(f"{name}: no {weights}, skipped (--skip-train)")
                 continue
             train(name, data="fashion-mnist", img_size=32, train_samples=args.train_samples, epochs=args.epochs,
-                  batch_size=args.batch_size, eval_samples=2000, out=run, log=print)
+                  batch_size=args.batch_size, eval_samples=2000, precision=_train_precision(args.train_precision),
+                  out=run, log=print)
         if args.qat:
             _add_qat_rows(name, run, weights, out, command, args)
             continue
@@ -93,6 +98,12 @@ def main(argv=None) -> int:
         print(markdown(report))
     print(f"wrote {write_combined(out)}")
     return 0
+
+
+def _train_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "bf16" if bf16_matmuls_are_fast(resolve_device("auto")) else "fp32"
 
 
 def _add_qat_rows(name: str, run: Path, weights: Path, out: Path, command: str, args) -> None:
@@ -212,10 +223,12 @@ def _training_line(metrics: dict) -> str:
         return "no metrics.json"
     planned, done = metrics["hyperparameters"]["epochs"], metrics["epochs"]
     epochs = f"{len(done)} epoch(s)" + (f" of {planned} planned (stopped early)" if len(done) < planned else "")
+    bf16 = " with bf16 autocast forward passes" if metrics["hyperparameters"].get("precision") == "bf16" else ""
+    last_gain = f" (last epoch {done[-1]['top1'] - done[-2]['top1']:+.1f} pt)" if len(done) > 1 else ""
     return (f"trained from scratch on {metrics['data']['train_samples']} class-balanced training images for {epochs}, "
-            f"batch {metrics['hyperparameters']['batch_size']}, `edgevit train` defaults otherwise, "
+            f"batch {metrics['hyperparameters']['batch_size']}{bf16}, `edgevit train` defaults otherwise, "
             f"{metrics['seconds'] / 60:.0f} min on {metrics['device']}; test top-1 per epoch (2,000 images) "
-            + ", ".join(f"{epoch['top1']:.1f}" for epoch in done))
+            + ", ".join(f"{epoch['top1']:.1f}" for epoch in done) + last_gain)
 
 
 if __name__ == "__main__":
