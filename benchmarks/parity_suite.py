@@ -153,6 +153,8 @@ One model per family trained from scratch at 32x32 on Fashion-MNIST, converted t
 scored on the test split in each artifact's own runtime (`benchmarks/parity_suite.py`; each section gives its
 command and training). Core ML packages are built and inspected but not run: Core ML runs only on macOS.
 Latency is the median per image in the artifact's runtime on this host (batch 1), for comparing recipes only.
+Sections whose float model saw 15000 training images for 4 epochs were trained under the suite's earlier defaults
+(`--train-samples 15000 --epochs 4 --train-precision fp32`); each training line says how its model was trained.
 """
 
 
