@@ -61,6 +61,7 @@ def main(argv=None) -> int:
                              "(when runs/suite/MODEL/qat-TARGET/qat.pt is missing) and add their qat-int8 rows")
     parser.add_argument("--qat-epochs", type=int, default=1, help="QAT epochs [1]")
     parser.add_argument("--qat-samples", type=int, default=5000, help="class-balanced QAT training images [5000]")
+    parser.add_argument("--qat-lr", type=float, default=None, help="QAT peak learning rate [edgevit qat's, 1e-5]")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -119,8 +120,8 @@ def _add_qat_rows(name: str, run: Path, weights: Path, out: Path, command: str, 
     for target in resolve_targets(args.qat):
         checkpoint = run / f"qat-{target}" / "qat.pt"
         if not checkpoint.is_file():
-            qat(name, weights, target, epochs=args.qat_epochs, train_samples=args.qat_samples, eval_samples=2000,
-                out=checkpoint.parent, log=print)
+            qat(name, weights, target, epochs=args.qat_epochs, lr=args.qat_lr, train_samples=args.qat_samples,
+                eval_samples=2000, out=checkpoint.parent, log=print)
         trained = json.loads((checkpoint.parent / "metrics.json").read_text())
         report = parity(name, checkpoint, targets=[target], calib_samples=args.calib_samples,
                         eval_samples=eval_images, threads=args.threads, reference_weights=weights,

@@ -425,6 +425,26 @@ def table_rows(report: ParityReport) -> list[list[str]]:
     return rows
 
 
+def drop_sampling_error(row: dict, images: int) -> float | None:
+    """About two standard errors of a row's top-1 drop, in points. Only the images on which the artifact and the
+    float model disagree move the drop, and on a sample of `images` their count varies by about its square root."""
+    if row.get("status") != "ok" or row.get("agreement") is None:
+        return None
+    disagreements = round((100.0 - row["agreement"]) / 100.0 * images)
+    return 200.0 * math.sqrt(disagreements) / images
+
+
+def _sampling_error_note(report: ParityReport) -> list[str]:
+    errors = [(error, row) for row in report.rows
+              if (error := drop_sampling_error(row, report.eval_images))]
+    if not errors:
+        return []
+    error, row = max(errors, key=lambda pair: pair[0])
+    return [f"Sampling error: on {report.eval_images} images one image is {100.0 / report.eval_images:.2f} pt, and a "
+            f"drop is known to about ±2·√(disagreements)/images, at most ±{error:.2f} pt here ({row['target']} "
+            f"{row['precision']}); a drop within that of its budget needs more test images to tell.", ""]
+
+
 def markdown(report: ParityReport) -> str:
     compared = report.reference.get("weights", report.weights)  # reports from before it was recorded: weights
     against = f" (float reference `{compared}`)" if Path(compared) != Path(report.weights) else ""
@@ -437,6 +457,7 @@ def markdown(report: ParityReport) -> str:
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
     lines += ["", "Budgets: fp32 100 % top-1 agreement; fp16 drop <= 0.1 pt; int8 PTQ <= 0.5 pt; QAT <= 0.2 pt.", ""]
+    lines += _sampling_error_note(report)
     if report.failures:
         lines += ["## Broken budgets", ""] + [f"- {line}" for line in report.failures] + [""]
     for row in report.rows:

@@ -16,7 +16,7 @@ from edgevit.cli import main
 from edgevit.converters.bundle import read_bundle
 from edgevit.data import fashion_mnist
 from edgevit.errors import EdgevitError
-from edgevit.parity import COLUMNS, parity
+from edgevit.parity import COLUMNS, drop_sampling_error, parity
 from edgevit.quantization.sensitivity import quantizable_layers
 from edgevit.train import train
 
@@ -99,11 +99,20 @@ def test_report_files_and_bundle_parity(report):
     assert saved["passed"] and len(saved["rows"]) == 5
     table = (report.out / "parity.md").read_text()
     assert "| " + " | ".join(COLUMNS) + " |" in table and "not run" in table
+    widest = max(filter(None, (drop_sampling_error(row, 256) for row in report.rows)))
+    assert f"at most ±{widest:.2f} pt here" in table
     for row in report.rows:
         bundle = read_bundle(row["bundle"])
         entry = json.loads((bundle.path / "parity.json").read_text())
         assert entry["eval_images"] == 256 and entry["status"] == row["status"]
         assert top1_drop(bundle) == (None if row["status"] == "not run" else pytest.approx(row["top1_drop"]))
+
+
+def test_drop_sampling_error_grows_with_the_disagreements():
+    # 14 of 2000 images disagree (99.30 %): two standard errors of the drop are 2 * sqrt(14) / 2000 = 0.37 pt
+    assert drop_sampling_error({"status": "ok", "agreement": 99.30}, 2000) == pytest.approx(0.3742, abs=1e-4)
+    assert drop_sampling_error({"status": "ok", "agreement": 100.0}, 2000) == 0.0
+    assert drop_sampling_error({"status": "not run", "agreement": None}, 2000) is None
 
 
 def test_impossible_budget_fails_with_what_was_tried_and_the_worst_layers(checkpoint, tmp_path, capsys):
